@@ -1,0 +1,369 @@
+"""The `relay` command line: parses arguments and calls plain functions, nothing more.
+
+Exit codes: 0 ok, 1 the command ran and found a problem (events not enqueued, a failed check,
+unaccounted demo events), 2 bad usage or configuration, 3 Redis unreachable.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib
+import json
+import sys
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import IO, Any, TypeVar
+
+import click
+from rich.console import Console
+from rich.table import Table
+
+from relay.errors import ConfigError, QueueUnavailable
+from relay.settings import Settings
+
+EXIT_OK = 0
+EXIT_PROBLEM = 1
+EXIT_USAGE = 2
+EXIT_REDIS_DOWN = 3
+
+SEND_CHUNK_EVENTS = 1_000
+
+console = Console(stderr=True)
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def fail(message: str, code: int) -> None:
+    console.print(f"[red]error:[/red] {message}", highlight=False)
+    sys.exit(code)
+
+
+def settings_or_exit(*, need_redis: bool = True, embedded_ok: bool = False) -> Settings:
+    """The settings, with the Redis URL resolved (an embedded Valkey's, when one runs here)."""
+    try:
+        settings = Settings.load()
+    except ConfigError as exc:
+        fail(str(exc), EXIT_USAGE)
+        raise
+    from relay.embedded import discovered_url
+
+    url = discovered_url(settings)
+    if url and url != settings.redis_url:
+        settings = settings.model_copy(update={"redis_url": url})
+    if need_redis and not settings.redis_url and not embedded_ok:
+        fail(
+            "RELAY_REDIS_URL is not set and no embedded Valkey is running here "
+            "(start one with `relay up`)",
+            EXIT_USAGE,
+        )
+    return settings
+
+
+def handles_redis_down(func: F) -> F:
+    """Map QueueUnavailable to a clean message and exit code 3."""
+
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return func(*args, **kwargs)
+        except QueueUnavailable as exc:
+            fail(str(exc), EXIT_REDIS_DOWN)
+
+    wrapper.__name__ = func.__name__
+    wrapper.__doc__ = func.__doc__
+    return wrapper  # type: ignore[return-value]
+
+
+def worker_side(module: str) -> Any:
+    """Load a worker-side module on demand: `relay` itself never imports boto3 or `workers`."""
+    return importlib.import_module(f"workers.{module}")
+
+
+@click.group()
+@click.version_option(package_name="sns-relay")
+def main() -> None:
+    """sns-relay: a durable Redis-backed relay of application events into Amazon SNS."""
+
+
+@main.command()
+@click.option("--processes", "-p", default=2, show_default=True, help="Worker processes.")
+@click.option("--threads", "-t", default=8, show_default=True, help="Threads per process.")
+def worker(processes: int, threads: int) -> None:
+    """Run the worker fleet: publish queued bundles to SNS; metrics on RELAY_METRICS_PORT."""
+    from relay.supervisor import run_workers
+
+    settings = settings_or_exit()
+    try:
+        settings.require_topic_arn()
+    except ConfigError as exc:
+        fail(str(exc), EXIT_USAGE)
+    sys.exit(run_workers(settings, processes, threads, settings.metrics_port))
+
+
+def _lines(stream: IO[bytes]) -> Iterator[tuple[int, bytes]]:
+    for number, line in enumerate(stream, start=1):
+        stripped = line.strip()
+        if stripped:
+            yield number, stripped
+
+
+@main.command()
+@click.argument("source", type=click.File("rb"), default="-")
+@click.option("--quiet", "-q", is_flag=True, help="No progress bar.")
+@handles_redis_down
+def send(source: IO[bytes], quiet: bool) -> None:
+    """Enqueue events from SOURCE (a file, or - for stdin): one JSON object per line."""
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    from relay.producer import Producer
+
+    settings = settings_or_exit()
+    problems: list[str] = []
+    enqueued = dropped = invalid = 0
+    with Producer(settings) as producer, Progress(
+        TextColumn("sending"), BarColumn(), MofNCompleteColumn(), TextColumn("events"),
+        TimeElapsedColumn(), console=console, disable=quiet,
+    ) as progress:
+        task = progress.add_task("send", total=None)
+        chunk: list[tuple[int, bytes]] = []
+
+        def flush() -> None:
+            nonlocal enqueued, dropped, invalid
+            report = producer.send_many([line for _, line in chunk], source="cli")
+            for outcome in report.outcomes:
+                if outcome.status != "enqueued":
+                    problems.append(f"line {chunk[outcome.index][0]}: {outcome.status}: {outcome.detail}")
+            enqueued += report.enqueued
+            dropped += report.dropped
+            invalid += report.invalid
+            progress.advance(task, len(chunk))
+            chunk.clear()
+
+        for item in _lines(source):
+            chunk.append(item)
+            if len(chunk) == SEND_CHUNK_EVENTS:
+                flush()
+        if chunk:
+            flush()
+    for problem in problems[:20]:
+        console.print(problem, highlight=False)
+    if len(problems) > 20:
+        console.print(f"... and {len(problems) - 20} more", highlight=False)
+    click.echo(f"enqueued {enqueued}, dropped {dropped} (over the size limit), invalid {invalid}")
+    sys.exit(EXIT_OK if not problems else EXIT_PROBLEM)
+
+
+@main.command("check-sns")
+@click.option("--publish", is_flag=True, help="Also publish a test message (needs sns:Publish).")
+def check_sns(publish: bool) -> None:
+    """Stream's "Test SNS": credentials, topic, permissions. Exit 0 if all pass, else 1."""
+    settings = settings_or_exit(need_redis=False)
+    check = worker_side("check")
+    report = check.check_sns(settings, publish=publish)
+    click.echo(check.render(report))
+    sys.exit(EXIT_OK if report.ok else EXIT_PROBLEM)
+
+
+@main.command()
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+@handles_redis_down
+def stats(as_json: bool) -> None:
+    """Queue depth, oldest event age, dead letters, drops, totals."""
+    from relay import stats as stats_
+    from relay.keys import Keys
+    from relay.queue import redis_client
+    from relay.store import RelayStore
+
+    settings = settings_or_exit()
+    store = RelayStore(redis_client(settings.require_redis_url(), settings), Keys(settings.namespace))
+    figures = stats_.collect(store)
+    figures["recent_drops"] = [dataclasses.asdict(record) for record in store.dropped(10)]
+    if as_json:
+        click.echo(json.dumps(figures, indent=2))
+        return
+    table = Table(title=f"sns-relay ({settings.namespace})", show_header=False)
+    age = figures["oldest_age_s"]
+    table.add_row("events waiting", str(figures["pending_events"]))
+    table.add_row("bundles queued", str(figures["queued_bundles"]))
+    table.add_row("oldest waiting", "-" if age is None else f"{age:.1f} s")
+    table.add_row("dead letters", str(figures["dead_letters"]))
+    table.add_row("dead bundles (relay bugs)", str(figures["dead_bundles"]))
+    for reason, count in sorted(figures["dropped"].items()):
+        table.add_row(f"dropped: {reason}", str(count))
+    for name, count in sorted(figures["totals"].items()):
+        table.add_row(f"total {name}", str(count))
+    Console().print(table)
+    if figures["recent_drops"]:
+        drops = Table(title="recent drops")
+        for column in ("event id", "type", "reason", "size", "limit", "when"):
+            drops.add_column(column)
+        for record in figures["recent_drops"]:
+            drops.add_row(
+                record["event_id"], str(record["event_type"]), record["reason"],
+                str(record["size_bytes"]), str(record["limit_bytes"]),
+                time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(record["at_s"])),
+            )
+        Console().print(drops)
+
+
+def _parse_age(text: str | None) -> float | None:
+    if text is None:
+        return None
+    units = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+    try:
+        if text[-1] in units:
+            return float(text[:-1]) * units[text[-1]]
+        return float(text)
+    except (ValueError, IndexError):
+        raise click.BadParameter(f"{text!r} is not an age like 90s, 15m, 2h or 7d") from None
+
+
+@main.group()
+def dlq() -> None:
+    """Dead letters: events SNS rejected for themselves."""
+
+
+def _dead_letters(settings: Settings) -> Any:
+    from relay.dead_letters import DeadLetters
+    from relay.keys import Keys
+    from relay.queue import redis_client
+
+    return DeadLetters(redis_client(settings.require_redis_url(), settings), Keys(settings.namespace))
+
+
+@dlq.command("list")
+@click.option("--type", "event_type", help="Only events of this type (e.g. message.new).")
+@click.option("--older-than", help="Only dead letters at least this old (90s, 15m, 2h, 7d).")
+@click.option("--limit", default=50, show_default=True)
+@click.option("--json", "as_json", is_flag=True)
+@handles_redis_down
+def dlq_list(event_type: str | None, older_than: str | None, limit: int, as_json: bool) -> None:
+    """List dead letters, oldest first."""
+    store = _dead_letters(settings_or_exit())
+    letters = list(store.iter(event_type=event_type, older_than_s=_parse_age(older_than), limit=limit))
+    if as_json:
+        click.echo(json.dumps([
+            {"event_id": dl.event.id, "type": dl.event.type, "code": dl.code,
+             "message": dl.message, "at_s": dl.at_s, "size_bytes": dl.event.size_bytes}
+            for dl in letters
+        ], indent=2))
+        return
+    table = Table(title=f"dead letters ({store.depth()} in all)")
+    for column in ("event id", "type", "error", "when"):
+        table.add_column(column)
+    for dl in letters:
+        table.add_row(dl.event.id, str(dl.event.type), f"{dl.code}: {dl.message[:60]}",
+                      time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(dl.at_s)))
+    Console().print(table)
+
+
+@dlq.command("show")
+@click.argument("event_id")
+@handles_redis_down
+def dlq_show(event_id: str) -> None:
+    """Show one dead letter: the error and the event's body and attributes."""
+    letters = _dead_letters(settings_or_exit()).get([event_id])
+    if not letters:
+        fail(f"no dead letter with id {event_id}", EXIT_PROBLEM)
+    dl = letters[0]
+    click.echo(json.dumps({
+        "event_id": dl.event.id, "code": dl.code, "message": dl.message, "at_s": dl.at_s,
+        "attributes": dict(dl.event.attributes), "size_bytes": dl.event.size_bytes,
+        "body": dl.event.body,
+    }, indent=2, ensure_ascii=False))
+
+
+@dlq.command("replay")
+@click.argument("event_ids", nargs=-1)
+@click.option("--all", "replay_all", is_flag=True, help="Replay every dead letter (filters apply).")
+@click.option("--type", "event_type", help="Only events of this type.")
+@click.option("--older-than", help="Only dead letters at least this old.")
+@click.option("--rate", default=100.0, show_default=True, help="Events per second at most.")
+@handles_redis_down
+def dlq_replay(
+    event_ids: tuple[str, ...], replay_all: bool, event_type: str | None,
+    older_than: str | None, rate: float,
+) -> None:
+    """Send dead letters back through the queue (and out of dead letters)."""
+    from relay.keys import Keys
+    from relay.queue import BundleWriter
+
+    if bool(event_ids) == replay_all:
+        fail("give event ids, or --all", EXIT_USAGE)
+    settings = settings_or_exit()
+    store = _dead_letters(settings)
+    writer = BundleWriter(store.client, Keys(settings.namespace))
+    if replay_all:
+        letters = list(store.iter(event_type=event_type, older_than_s=_parse_age(older_than)))
+    else:
+        letters = store.get(list(event_ids))
+        missing = set(event_ids) - {dl.event.id for dl in letters}
+        if missing:
+            fail(f"no dead letter with id {', '.join(sorted(missing))}", EXIT_PROBLEM)
+    step = max(1, int(rate))
+    replayed = 0
+    for start in range(0, len(letters), step):
+        began = time.monotonic()
+        replayed += store.replay(letters[start : start + step], writer)
+        if start + step < len(letters):
+            time.sleep(max(0.0, 1.0 - (time.monotonic() - began)))  # the rate limit, not a wait for work
+    click.echo(f"replayed {replayed} dead letters")
+
+
+@dlq.command("purge")
+@click.argument("event_ids", nargs=-1)
+@click.option("--all", "purge_all", is_flag=True)
+@click.option("--yes", is_flag=True, help="Do not ask for confirmation.")
+@handles_redis_down
+def dlq_purge(event_ids: tuple[str, ...], purge_all: bool, yes: bool) -> None:
+    """Delete dead letters for good."""
+    if bool(event_ids) == purge_all:
+        fail("give event ids, or --all", EXIT_USAGE)
+    store = _dead_letters(settings_or_exit())
+    if purge_all and not yes:
+        click.confirm(f"delete all {store.depth()} dead letters?", abort=True)
+    removed = store.purge(None if purge_all else list(event_ids))
+    click.echo(f"purged {removed} dead letters")
+
+
+@main.command("local-sns")
+@click.option("--host", default="127.0.0.1", show_default=True)
+@click.option("--port", default=None, type=int, help="Default: the local SNS default port.")
+@click.option("--record-file", type=click.Path(dir_okay=False, path_type=Path))
+def local_sns(host: str, port: int | None, record_file: Path | None) -> None:
+    """A local SNS endpoint that enforces SNS's real limits, for development and the demo."""
+    from relay import local_sns as local
+
+    kwargs: dict[str, Any] = {"host": host, "record_file": record_file}
+    if port is not None:
+        kwargs["port"] = port
+    local.serve(**kwargs)
+
+
+@main.command()
+@click.option("--processes", "-p", default=2, show_default=True)
+@click.option("--threads", "-t", default=8, show_default=True)
+def up(processes: int, threads: int) -> None:
+    """Workers (and an embedded durable Valkey when RELAY_REDIS_URL is unset), in one supervisor."""
+    from relay.up import run_up
+
+    settings = settings_or_exit(embedded_ok=True)
+    try:
+        settings.require_topic_arn()
+    except ConfigError as exc:
+        fail(str(exc), EXIT_USAGE)
+    sys.exit(run_up(settings, processes, threads))
+
+
+@main.command()
+@click.option("--events", default=5_000, show_default=True, help="How many events to send.")
+@click.option("--processes", "-p", default=2, show_default=True)
+@click.option("--threads", "-t", default=8, show_default=True)
+def demo(events: int, processes: int, threads: int) -> None:
+    """Zero-config demo: embedded Valkey, local SNS, workers, a spike of Stream events."""
+    from relay.demo import run_demo
+
+    sys.exit(run_demo(events=events, processes=processes, threads=threads))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,123 @@
+"""Dead letters: events SNS rejected for themselves, kept with the error until replayed or purged.
+
+Only a per-event rejection (tier 3 of DESIGN) lands here. An outage or bad credentials never do:
+those events wait in the queue.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+
+import orjson
+import redis
+
+from relay.event import Event
+from relay.keys import Keys
+from relay.queue import BundleWriter, bundles, translate_redis_errors
+
+
+@dataclass(frozen=True, slots=True)
+class DeadLetter:
+    """A dead-lettered event and why SNS rejected it."""
+
+    event: Event
+    code: str
+    message: str
+    at_s: float
+
+    def to_json(self) -> bytes:
+        return orjson.dumps(
+            {"event": self.event.to_wire(), "code": self.code, "message": self.message, "at_s": self.at_s}
+        )
+
+    @classmethod
+    def from_json(cls, raw: bytes) -> DeadLetter:
+        data = orjson.loads(raw)
+        return cls(Event.from_wire(data["event"]), data["code"], data["message"], data["at_s"])
+
+
+class DeadLetters:
+    """The dead-letter store of one namespace: a hash of records and a zset index by time."""
+
+    def __init__(self, client: redis.Redis, keys: Keys) -> None:
+        self.client = client
+        self.keys = keys
+
+    def add(self, letters: Sequence[DeadLetter]) -> None:
+        """Store dead letters (one transaction). A replayed-and-failed-again event is overwritten."""
+        if not letters:
+            return
+        pipe = self.client.pipeline(transaction=True)
+        pipe.hset(self.keys.dead_letters, mapping={dl.event.id: dl.to_json() for dl in letters})
+        pipe.zadd(self.keys.dead_letter_index, {dl.event.id: dl.at_s for dl in letters})
+        with translate_redis_errors(self.client):
+            pipe.execute()
+
+    def depth(self) -> int:
+        with translate_redis_errors(self.client):
+            return int(self.client.zcard(self.keys.dead_letter_index))
+
+    def ids(self, *, older_than_s: float | None = None, limit: int | None = None) -> list[str]:
+        """Ids, oldest first; only those dead-lettered at least `older_than_s` ago when given."""
+        newest = "+inf" if older_than_s is None else time.time() - older_than_s
+        with translate_redis_errors(self.client):
+            raw = self.client.zrangebyscore(
+                self.keys.dead_letter_index, "-inf", newest,
+                start=0 if limit is not None else None, num=limit,
+            )
+        return [item.decode() for item in raw]
+
+    def get(self, event_ids: Sequence[str]) -> list[DeadLetter]:
+        """The records of `event_ids` that exist, in the order given."""
+        if not event_ids:
+            return []
+        with translate_redis_errors(self.client):
+            raw = self.client.hmget(self.keys.dead_letters, list(event_ids))
+        return [DeadLetter.from_json(item) for item in raw if item is not None]
+
+    def iter(
+        self, *, event_type: str | None = None, older_than_s: float | None = None,
+        limit: int | None = None, page: int = 500,
+    ) -> Iterator[DeadLetter]:
+        """Dead letters oldest first, filtered by event type and age."""
+        ids = self.ids(older_than_s=older_than_s)
+        yielded = 0
+        for start in range(0, len(ids), page):
+            for letter in self.get(ids[start : start + page]):
+                if event_type is not None and letter.event.type != event_type:
+                    continue
+                yield letter
+                yielded += 1
+                if limit is not None and yielded >= limit:
+                    return
+
+    def replay(self, letters: Sequence[DeadLetter], writer: BundleWriter) -> int:
+        """Send events back through the queue and remove them from dead letters, atomically."""
+        if not letters:
+            return 0
+        events = [letter.event for letter in letters]
+        pipe = self.client.pipeline(transaction=True)
+        writer.write(list(bundles(events)), pipe=pipe)
+        ids = [event.id for event in events]
+        pipe.hdel(self.keys.dead_letters, *ids)
+        pipe.zrem(self.keys.dead_letter_index, *ids)
+        with translate_redis_errors(self.client):
+            pipe.execute()
+        return len(events)
+
+    def purge(self, event_ids: Sequence[str] | None = None) -> int:
+        """Delete the given dead letters, or all of them; returns how many were deleted."""
+        with translate_redis_errors(self.client):
+            if event_ids is None:
+                count = int(self.client.zcard(self.keys.dead_letter_index))
+                self.client.delete(self.keys.dead_letters, self.keys.dead_letter_index)
+                return count
+            if not event_ids:
+                return 0
+            pipe = self.client.pipeline(transaction=True)
+            pipe.hdel(self.keys.dead_letters, *event_ids)
+            pipe.zrem(self.keys.dead_letter_index, *event_ids)
+            removed, _ = pipe.execute()
+            return int(removed)

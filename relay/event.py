@@ -1,0 +1,142 @@
+"""Events and their wire form: the body forwarded byte for byte, a stable id, SNS attributes.
+
+An event's body is the producer's JSON text exactly as received; it is parsed once, to check it
+and to read the attributes subscribers filter on, and never re-serialized.
+"""
+
+from __future__ import annotations
+
+import re
+import time
+import uuid
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import orjson
+
+from relay import limits
+from relay.errors import InvalidEvent
+
+EVENT_ID_ATTRIBUTE = "event_id"
+PAYLOAD_ATTRIBUTES = ("type", "cid", "channel_type", "team")
+"""Top-level payload fields copied into String attributes when present (Stream's schema)."""
+
+MAX_EVENT_ID_CHARS = 128
+# The FIFO MessageDeduplicationId charset (FACTS §3.3), so the id can serve as one.
+_EVENT_ID_RE = re.compile(r"^[!-~]{1,128}$")
+MAX_ATTRIBUTE_VALUE_CHARS = 1_024
+"""Longer payload fields are left out of the attributes: they are for filtering, not content."""
+
+
+@dataclass(frozen=True, slots=True)
+class Event:
+    """One producer payload on its way to SNS."""
+
+    id: str
+    body: str
+    attributes: Mapping[str, str]
+    received_at_s: float
+    size_bytes: int = field(default=0, compare=False)
+
+    def __post_init__(self) -> None:
+        if not self.size_bytes:
+            object.__setattr__(
+                self, "size_bytes", limits.message_bytes(self.body, self.attributes)
+            )
+
+    @property
+    def type(self) -> str | None:
+        """The payload's `type` (e.g. `message.new`), when it has one."""
+        return self.attributes.get("type")
+
+    def to_wire(self) -> list[Any]:
+        """The JSON-ready form carried in a bundle."""
+        return [self.id, self.body, dict(self.attributes), self.received_at_s]
+
+    @classmethod
+    def from_wire(cls, wire: list[Any]) -> Event:
+        """Inverse of `to_wire`; raises InvalidEvent on a malformed item."""
+        try:
+            event_id, body, attributes, received_at_s = wire
+            attributes = dict(attributes)
+            if not all(isinstance(item, str) for pair in attributes.items() for item in pair):
+                raise TypeError("attribute names and values must be strings")
+            if not isinstance(event_id, str) or not isinstance(body, str):
+                raise TypeError("event id and body must be strings")
+            return cls(event_id, body, attributes, float(received_at_s))
+        except (TypeError, ValueError) as exc:
+            raise InvalidEvent(f"malformed bundle item: {exc}") from None
+
+
+def new_event_id() -> str:
+    """A fresh event id, for payloads that come without one."""
+    return uuid.uuid4().hex
+
+
+def check_event_id(event_id: str) -> str:
+    """Return `event_id` if it can serve as an attribute and a FIFO dedup id; else InvalidEvent."""
+    if not _EVENT_ID_RE.fullmatch(event_id):
+        raise InvalidEvent(
+            f"event id must be 1-{MAX_EVENT_ID_CHARS} printable ASCII characters without spaces",
+            event_id=event_id[:MAX_EVENT_ID_CHARS] if event_id.isprintable() else None,
+        )
+    return event_id
+
+
+def make_event(
+    payload: bytes | str | Mapping[str, Any],
+    *,
+    event_id: str | None = None,
+    received_at_s: float | None = None,
+) -> Event:
+    """Build an Event from raw JSON (bytes or str, kept exactly) or a mapping (serialized once).
+
+    Raises InvalidEvent when the payload is not UTF-8, not JSON, or not a JSON object.
+    """
+    event_id = check_event_id(event_id) if event_id is not None else new_event_id()
+    if isinstance(payload, Mapping):
+        try:
+            body_bytes = orjson.dumps(dict(payload))
+        except TypeError as exc:
+            raise InvalidEvent(f"payload is not JSON-serializable: {exc}", event_id=event_id) from None
+        parsed: Any = payload
+        body = body_bytes.decode("utf-8")
+    else:
+        if isinstance(payload, bytes | bytearray | memoryview):
+            try:
+                body = bytes(payload).decode("utf-8")
+            except UnicodeDecodeError as exc:
+                raise InvalidEvent(
+                    f"body is not UTF-8 (byte {exc.start})", event_id=event_id
+                ) from None
+        else:
+            body = payload
+        try:
+            parsed = orjson.loads(body)
+        except orjson.JSONDecodeError as exc:
+            raise InvalidEvent(f"body is not valid JSON: {exc}", event_id=event_id) from None
+    if not isinstance(parsed, Mapping):
+        raise InvalidEvent("body must be a JSON object", event_id=event_id)
+    return Event(
+        id=event_id,
+        body=body,
+        attributes=attributes_for(parsed, event_id),
+        received_at_s=time.time() if received_at_s is None else received_at_s,
+    )
+
+
+def attributes_for(payload: Mapping[str, Any], event_id: str) -> dict[str, str]:
+    """The SNS String attributes of an event: the payload fields subscribers filter on, and its id.
+
+    Only non-empty string fields are copied (SNS rejects empty values), so the count stays
+    within SNS_MAX_ATTRIBUTES by construction.
+    """
+    attributes = {}
+    for name in PAYLOAD_ATTRIBUTES:
+        value = payload.get(name)
+        if isinstance(value, str) and value and len(value) <= MAX_ATTRIBUTE_VALUE_CHARS:
+            attributes[name] = value
+    attributes[EVENT_ID_ATTRIBUTE] = event_id
+    assert len(attributes) <= limits.SNS_MAX_ATTRIBUTES
+    return attributes

@@ -1,0 +1,119 @@
+"""SNS's size and shape rules: the one home of every limit the relay enforces.
+
+Sizes are UTF-8 bytes, never characters (FACTS §1.1), and attributes count: name, data type
+and value of each. Limits are inclusive: a message of exactly the limit is accepted.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable, Mapping, Sequence
+from typing import TypeVar
+
+SNS_DEFAULT_MAX_MESSAGE_BYTES = 262_144
+"""SNS's default per-message limit (256 KiB), and the PublishBatch aggregate limit."""
+
+SNS_MIN_MAX_MESSAGE_BYTES = 1_024
+SNS_MAX_MAX_MESSAGE_BYTES = 1_048_576
+"""A topic's `MaximumMessageSize` may be set anywhere in this range (FACTS §1.2)."""
+
+SNS_MAX_BATCH_ENTRIES = 10
+SNS_MAX_ATTRIBUTES = 10
+"""More than 10 attributes makes raw-delivery SQS subscriptions drop the message (FACTS §1.3)."""
+
+SNS_MAX_ATTRIBUTE_NAME_CHARS = 256
+SNS_MAX_BATCH_ENTRY_ID_CHARS = 80
+SNS_MAX_SUBJECT_CHARS = 100
+
+STRING_DATA_TYPE = "String"
+_STRING_DATA_TYPE_BYTES = len(STRING_DATA_TYPE)
+
+_ATTRIBUTE_NAME_RE = re.compile(r"^[A-Za-z0-9_.\-]+$")
+_BATCH_ENTRY_ID_RE = re.compile(r"^[A-Za-z0-9_\-]{1,80}$")
+_RESERVED_ATTRIBUTE_PREFIXES = ("aws.", "amazon.")
+
+
+def utf8_len(text: str) -> int:
+    """Bytes of `text` in UTF-8. ASCII text, the common case, skips the encode."""
+    return len(text) if text.isascii() else len(text.encode("utf-8"))
+
+
+def attributes_bytes(attributes: Mapping[str, str]) -> int:
+    """Bytes that String attributes add to a message: name, data type and value of each."""
+    return sum(
+        utf8_len(name) + _STRING_DATA_TYPE_BYTES + utf8_len(value)
+        for name, value in attributes.items()
+    )
+
+
+def message_bytes(body: str, attributes: Mapping[str, str]) -> int:
+    """The size SNS checks against the topic limit: UTF-8 body plus every attribute."""
+    return utf8_len(body) + attributes_bytes(attributes)
+
+
+def validate_max_message_bytes(value: int) -> int:
+    """Return `value` if a topic could have it as `MaximumMessageSize`; raise ValueError if not."""
+    if not SNS_MIN_MAX_MESSAGE_BYTES <= value <= SNS_MAX_MAX_MESSAGE_BYTES:
+        raise ValueError(
+            f"a message size limit must be between {SNS_MIN_MAX_MESSAGE_BYTES} and "
+            f"{SNS_MAX_MAX_MESSAGE_BYTES} bytes, got {value}"
+        )
+    return value
+
+
+def attribute_name_error(name: str) -> str | None:
+    """Why SNS would reject `name` as a message attribute name, or None if it is valid."""
+    if not name:
+        return "attribute name is empty"
+    if len(name) > SNS_MAX_ATTRIBUTE_NAME_CHARS:
+        return f"attribute name is longer than {SNS_MAX_ATTRIBUTE_NAME_CHARS} characters"
+    if not _ATTRIBUTE_NAME_RE.fullmatch(name):
+        return f"attribute name {name!r} has characters outside A-Z a-z 0-9 _ - ."
+    if name.startswith(".") or name.endswith(".") or ".." in name:
+        return f"attribute name {name!r} starts or ends with '.' or contains '..'"
+    if name.lower().startswith(_RESERVED_ATTRIBUTE_PREFIXES):
+        return f"attribute name {name!r} uses a reserved prefix (AWS. or Amazon.)"
+    return None
+
+
+def batch_entry_id_error(entry_id: str) -> str | None:
+    """Why SNS would reject `entry_id` as a PublishBatch entry id, or None if it is valid."""
+    if not _BATCH_ENTRY_ID_RE.fullmatch(entry_id):
+        return (
+            f"batch entry id {entry_id!r} must be 1-{SNS_MAX_BATCH_ENTRY_ID_CHARS} characters "
+            "of A-Z a-z 0-9 - _"
+        )
+    return None
+
+
+T = TypeVar("T")
+
+
+def pack_batches(
+    items: Sequence[T], size_of: Callable[[T], int], max_batch_bytes: int
+) -> list[list[T]]:
+    """Split `items`, in order, into PublishBatch-sized groups.
+
+    Each group has at most SNS_MAX_BATCH_ENTRIES items and a total size (by `size_of`) of at
+    most `max_batch_bytes`, the aggregate limit that SNS applies to a whole request (FACTS §2).
+    Every item must fit on its own; one that does not raises ValueError, since the caller was
+    meant to drop it first.
+    """
+    batches: list[list[T]] = []
+    current: list[T] = []
+    current_bytes = 0
+    for item in items:
+        size = size_of(item)
+        if size > max_batch_bytes:
+            raise ValueError(f"item of {size} bytes exceeds the limit of {max_batch_bytes}")
+        if current and (
+            len(current) == SNS_MAX_BATCH_ENTRIES or current_bytes + size > max_batch_bytes
+        ):
+            batches.append(current)
+            current, current_bytes = [], 0
+        current.append(item)
+        current_bytes += size
+    if current:
+        batches.append(current)
+    return batches
+

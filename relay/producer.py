@@ -1,0 +1,232 @@
+"""The producer API: `Producer.send` and `send_many` put events durably into the Redis queue.
+
+A call returns only once its events are in Redis. Oversize events are never enqueued: they are
+counted and recorded as dropped, and reported to the caller.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+import redis
+
+from relay import limits, metrics
+from relay.errors import EventTooLarge, InvalidEvent, QueueUnavailable
+from relay.event import Event, make_event
+from relay.keys import Keys
+from relay.queue import (
+    TRANSACTION_MAX_BYTES,
+    BundleWriter,
+    bundles,
+    redis_client,
+    translate_redis_errors,
+)
+from relay.settings import Settings
+from relay.store import RelayStore
+
+TOPIC_LIMIT_CACHE_S = 30.0
+"""How long a producer reuses the topic limit it read from Redis before reading it again."""
+
+Payload = bytes | str | Mapping[str, Any]
+Status = Literal["enqueued", "dropped", "invalid"]
+
+
+@dataclass(frozen=True, slots=True)
+class Outcome:
+    """What happened to one payload of a `send_many` call."""
+
+    index: int
+    event_id: str | None
+    status: Status
+    detail: str = ""
+
+
+@dataclass
+class SendReport:
+    """Per-event outcomes of `send_many`, in input order."""
+
+    outcomes: list[Outcome] = field(default_factory=list)
+
+    def count(self, status: Status) -> int:
+        return sum(1 for outcome in self.outcomes if outcome.status == status)
+
+    @property
+    def enqueued(self) -> int:
+        return self.count("enqueued")
+
+    @property
+    def dropped(self) -> int:
+        return self.count("dropped")
+
+    @property
+    def invalid(self) -> int:
+        return self.count("invalid")
+
+
+class Producer:
+    """Enqueues events into the relay's Redis queue. Thread-safe; reuse one per process."""
+
+    def __init__(self, settings: Settings, client: redis.Redis | None = None) -> None:
+        self.settings = settings
+        self.client = client or redis_client(settings.require_redis_url(), settings)
+        self.keys = Keys(settings.namespace)
+        self.store = RelayStore(self.client, self.keys)
+        self.writer = BundleWriter(self.client, self.keys)
+        self._limit_bytes: int | None = None
+        self._limit_read_at = float("-inf")
+
+    @classmethod
+    def from_env(cls) -> Producer:
+        """A producer configured from `RELAY_*` environment variables (and `.env`)."""
+        return cls(Settings.load())
+
+    def close(self) -> None:
+        self.client.close()
+
+    def __enter__(self) -> Producer:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def max_message_bytes(self) -> int:
+        """The SNS size limit events must fit: the topic's, as workers recorded it, capped by ours.
+
+        Until a worker has read the topic, the configured limit applies; the worker checks again
+        before publishing, so a stale value here is never a silent loss.
+        """
+        now = time.monotonic()
+        if now - self._limit_read_at > TOPIC_LIMIT_CACHE_S:
+            topic = self.settings.sns_topic_arn
+            try:
+                topic_limit = self.store.topic_limit(topic) if topic else None
+            except QueueUnavailable:
+                topic_limit = None
+            self._limit_bytes = effective_limit(self.settings, topic_limit)
+            self._limit_read_at = now
+        assert self._limit_bytes is not None
+        return self._limit_bytes
+
+    def send(self, payload: Payload, *, event_id: str | None = None, source: str = "api") -> str:
+        """Enqueue one event; return its id once it is stored in Redis.
+
+        Raises InvalidEvent (not a JSON object, not UTF-8, bad id), EventTooLarge (recorded as
+        dropped) or QueueUnavailable (Redis unreachable; nothing was stored).
+        """
+        metrics.EVENTS_RECEIVED.labels(source).inc()
+        try:
+            event = make_event(payload, event_id=event_id)
+        except InvalidEvent:
+            metrics.EVENTS_REJECTED.labels("invalid").inc()
+            raise
+        limit = self.max_message_bytes()
+        if event.size_bytes > limit:
+            self._drop([event], limit)
+            raise EventTooLarge(event.id, event.size_bytes, limit)
+        self._store([event], [])
+        return event.id
+
+    def send_many(self, payloads: Iterable[Payload], *, source: str = "api") -> SendReport:
+        """Enqueue many events in bundles and few Redis round trips; report each one's outcome.
+
+        Invalid and oversize payloads are reported (oversize ones also recorded as dropped) and
+        never stop the rest. Raises QueueUnavailable when Redis fails; the events of transactions
+        already written stay enqueued, and the error's `report` says which.
+        """
+        report = SendReport()
+        limit = self.max_message_bytes()
+        accepted: list[Event] = []
+        accepted_index: list[int] = []
+        too_large: list[Event] = []
+        for index, payload in enumerate(payloads):
+            metrics.EVENTS_RECEIVED.labels(source).inc()
+            try:
+                event = make_event(payload)
+            except InvalidEvent as exc:
+                metrics.EVENTS_REJECTED.labels("invalid").inc()
+                report.outcomes.append(Outcome(index, None, "invalid", exc.reason))
+                continue
+            if event.size_bytes > limit:
+                too_large.append(event)
+                report.outcomes.append(
+                    Outcome(index, event.id, "dropped", f"too_large: {event.size_bytes} > {limit} bytes")
+                )
+                continue
+            accepted.append(event)
+            accepted_index.append(index)
+            report.outcomes.append(Outcome(index, event.id, "enqueued"))
+        self.send_events(accepted, dropped=too_large, limit_bytes=limit, report=report)
+        return report
+
+    def send_events(
+        self,
+        events: Sequence[Event],
+        *,
+        dropped: Sequence[Event] = (),
+        limit_bytes: int | None = None,
+        report: SendReport | None = None,
+    ) -> None:
+        """Store already-built events (ingest's path), recording `dropped` ones in the same writes.
+
+        Raises QueueUnavailable; with a `report`, outcomes of events not stored become "invalid"
+        with detail "queue unavailable" before it propagates.
+        """
+        limit = limit_bytes if limit_bytes is not None else self.max_message_bytes()
+        chunks = _transactions(events)
+        stored = 0
+        try:
+            for number, chunk in enumerate(chunks):
+                self._store(chunk, dropped if number == 0 else [], limit)
+                stored += len(chunk)
+            if not chunks and dropped:
+                self._drop(dropped, limit)
+        except QueueUnavailable as exc:
+            if report is not None:
+                unstored = {event.id for event in events[stored:]}
+                report.outcomes[:] = [
+                    Outcome(o.index, o.event_id, "invalid", "queue unavailable")
+                    if o.event_id in unstored
+                    else o
+                    for o in report.outcomes
+                ]
+                exc.report = report
+            raise
+
+    def _store(self, events: Sequence[Event], dropped: Sequence[Event], limit: int = 0) -> None:
+        pipe = self.client.pipeline(transaction=True)
+        self.writer.write(list(bundles(events)), pipe=pipe)
+        self.store.record_drops(dropped, "too_large", limit, pipe=pipe)
+        self.store.add_totals(pipe, enqueued=len(events), dropped=len(dropped))
+        with translate_redis_errors(self.client):
+            pipe.execute()
+        metrics.EVENTS_ENQUEUED.inc(len(events))
+        if dropped:
+            metrics.EVENTS_DROPPED.labels("too_large").inc(len(dropped))
+
+    def _drop(self, events: Sequence[Event], limit: int) -> None:
+        self._store([], events, limit)
+
+
+def effective_limit(settings: Settings, topic_limit: int | None) -> int:
+    """The topic's limit when known (else SNS's default), capped by RELAY_MAX_MESSAGE_BYTES."""
+    base = topic_limit if topic_limit is not None else limits.SNS_DEFAULT_MAX_MESSAGE_BYTES
+    if settings.max_message_bytes is not None:
+        return min(base, settings.max_message_bytes)
+    return base
+
+
+def _transactions(events: Sequence[Event]) -> list[Sequence[Event]]:
+    """Split events into runs of about TRANSACTION_MAX_BYTES, each written in one transaction."""
+    chunks: list[Sequence[Event]] = []
+    start, size = 0, 0
+    for index, event in enumerate(events):
+        if index > start and size + event.size_bytes > TRANSACTION_MAX_BYTES:
+            chunks.append(events[start:index])
+            start, size = index, 0
+        size += event.size_bytes
+    if start < len(events):
+        chunks.append(events[start:])
+    return chunks

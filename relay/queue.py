@@ -1,0 +1,139 @@
+"""The durable queue: Redis clients, dramatiq's broker, and the bundle writer producers use.
+
+Producers write bundles as dramatiq messages directly, in one MULTI/EXEC transaction per chunk
+(dramatiq's documented foreign-producer protocol, FACTS §9.3): one round trip for many bundles,
+and a failed write leaves nothing half-stored. Workers consume with dramatiq's RedisBroker.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Any
+from uuid import uuid4
+
+import dramatiq
+import redis
+from dramatiq.brokers.redis import RedisBroker
+from redis.backoff import ExponentialBackoff
+from redis.retry import Retry
+
+from relay.errors import QueueUnavailable
+from relay.event import Event
+from relay.keys import ACTOR_NAME, QUEUE_NAME, Keys
+from relay.settings import Settings
+
+HEARTBEAT_TIMEOUT_MS = 10_000
+"""A worker silent this long is presumed dead and its in-flight bundles are requeued.
+
+dramatiq's 60 s default makes a killed worker's bundles wait over a minute (FACTS §9.5). Live
+workers heartbeat about once a second (their delay-queue consumer polls even when busy), so 10 s
+leaves a wide margin against requeueing work that is merely slow (duplication path D2).
+"""
+
+MAINTENANCE_CHANCE = 100_000
+"""Per million dispatch calls: 10 %, so an idle fleet (about 2 calls/s per process) finds a dead
+worker within seconds of HEARTBEAT_TIMEOUT_MS instead of minutes at the 0.1 % default."""
+
+DEAD_MESSAGE_TTL_MS = 7 * 24 * 3600 * 1000
+"""dramatiq's own dead letters (bundles failed by a relay bug) are kept a week."""
+
+BUNDLE_MAX_EVENTS = 100
+BUNDLE_MAX_BYTES = 2 * 1024 * 1024
+"""A bundle closes at either bound; an event alone may still be up to the 1 MiB SNS maximum."""
+
+TRANSACTION_MAX_BYTES = 8 * 1024 * 1024
+"""Bundles are written in transactions of about this size, so one write never stalls Redis."""
+
+
+def redis_client(url: str, settings: Settings) -> redis.Redis:
+    """A client with bounded timeouts: an unreachable Redis fails fast instead of hanging.
+
+    One quick reconnect attempt absorbs a dropped idle connection; more would only delay the
+    error a producer needs to see.
+    """
+    return redis.Redis.from_url(
+        url,
+        socket_connect_timeout=settings.redis_connect_timeout_s,
+        socket_timeout=settings.redis_timeout_s,
+        retry=Retry(ExponentialBackoff(cap=0.2, base=0.05), retries=1),
+        health_check_interval=30,
+    )
+
+
+def make_broker(settings: Settings, client: redis.Redis | None = None) -> RedisBroker:
+    """dramatiq's Redis broker in the relay's namespace with the relay's timing (see constants)."""
+    url = settings.require_redis_url()
+    broker = RedisBroker(
+        client=client or redis_client(url, settings),
+        namespace=settings.namespace,
+        heartbeat_timeout=HEARTBEAT_TIMEOUT_MS,
+        maintenance_chance=MAINTENANCE_CHANCE,
+        dead_message_ttl=DEAD_MESSAGE_TTL_MS,
+    )
+    broker.declare_queue(QUEUE_NAME)
+    return broker
+
+
+def bundles(events: Sequence[Event]) -> Iterator[Sequence[Event]]:
+    """Split events, in order, into bundles bounded by BUNDLE_MAX_EVENTS and BUNDLE_MAX_BYTES."""
+    start, size = 0, 0
+    for index, event in enumerate(events):
+        if index > start and (
+            index - start == BUNDLE_MAX_EVENTS or size + event.size_bytes > BUNDLE_MAX_BYTES
+        ):
+            yield events[start:index]
+            start, size = index, 0
+        size += event.size_bytes
+    if start < len(events):
+        yield events[start:]
+
+
+def bundle_message(events: Sequence[Event]) -> dramatiq.Message[Any]:
+    """The dramatiq message that carries one bundle to the `publish_bundle` actor."""
+    return dramatiq.Message(
+        queue_name=QUEUE_NAME,
+        actor_name=ACTOR_NAME,
+        args=([event.to_wire() for event in events],),
+        kwargs={},
+        options={"redis_message_id": str(uuid4())},
+    )
+
+
+@dataclass
+class BundleWriter:
+    """Writes bundles into the queue as dramatiq messages, with the relay's bookkeeping."""
+
+    client: redis.Redis
+    keys: Keys
+
+    def write(self, bundles_: Sequence[Sequence[Event]], *, pipe: Any = None) -> None:
+        """Store bundles atomically; raise QueueUnavailable when Redis fails (nothing stored).
+
+        `pipe`, when given, is a transaction the caller adds more commands to and executes.
+        """
+        own = pipe is None
+        pipe = self.client.pipeline(transaction=True) if own else pipe
+        for bundle in bundles_:
+            message = bundle_message(bundle)
+            redis_id = message.options["redis_message_id"]
+            pipe.hset(self.keys.queue_messages, redis_id, message.encode())
+            pipe.rpush(self.keys.queue, redis_id)
+            pipe.hset(self.keys.pending_bundles, message.message_id, len(bundle))
+            pipe.incrby(self.keys.pending_events, len(bundle))
+        if own:
+            with translate_redis_errors(self.client):
+                pipe.execute()
+
+
+@contextmanager
+def translate_redis_errors(client: redis.Redis) -> Iterator[None]:
+    """Turn redis-py's connection and timeout errors into QueueUnavailable naming host:port."""
+    try:
+        yield
+    except (redis.ConnectionError, redis.TimeoutError) as exc:
+        kwargs = client.connection_pool.connection_kwargs
+        where = kwargs.get("path") or f"{kwargs.get('host', '?')}:{kwargs.get('port', '?')}"
+        raise QueueUnavailable(f"Redis at {where} is unreachable: {type(exc).__name__}") from None
+

@@ -1,0 +1,135 @@
+"""Configuration: one typed object built once from the environment (and `.env`) and passed down.
+
+Every field maps to a `RELAY_*` variable of DESIGN's contract. Secrets are SecretStr, so they
+never print in reprs, logs or errors.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from relay import limits
+from relay.errors import ConfigError
+
+ENV_PREFIX = "RELAY_"
+_TOPIC_ARN_RE = re.compile(r"^arn:aws[a-z-]*:sns:([a-z0-9-]+):([0-9]{12}):([A-Za-z0-9_-]{1,256}(\.fifo)?)$")
+
+
+class Settings(BaseSettings):
+    """All of the relay's settings. Build with `Settings.load()` for errors that name variables."""
+
+    model_config = SettingsConfigDict(
+        env_prefix=ENV_PREFIX, env_file=".env", extra="ignore", frozen=True
+    )
+
+    redis_url: str | None = Field(default=None, repr=False)  # may hold a password
+    data_dir: Path = Path(".relay")
+    namespace: str = "sns-relay"
+
+    sns_topic_arn: str | None = None
+    sns_key: SecretStr | None = None
+    sns_secret: SecretStr | None = None
+    sns_role_arn: str | None = None
+    sns_external_id: SecretStr | None = None
+    sns_region: str | None = None
+    sns_endpoint_url: str | None = None
+    sns_client: str = "boto3"
+
+    max_message_bytes: int | None = None
+    """A cap below the topic's own limit; unset: the topic's `MaximumMessageSize` (or 262,144)."""
+    webhook_secret: SecretStr | None = None
+    metrics_port: int = 9191
+    metrics_host: str = "127.0.0.1"
+    """Where `relay worker` serves /metrics; set 0.0.0.0 in a container so Prometheus can reach it."""
+
+    redis_connect_timeout_s: float = 1.0
+    redis_timeout_s: float = 2.0
+
+    @field_validator("redis_url")
+    @classmethod
+    def _redis_scheme(cls, value: str | None) -> str | None:
+        if value and not value.startswith(("redis://", "rediss://", "unix://")):
+            raise ValueError("must start with redis://, rediss:// or unix://")
+        return value or None
+
+    @field_validator("sns_topic_arn")
+    @classmethod
+    def _topic_arn(cls, value: str | None) -> str | None:
+        if value and not _TOPIC_ARN_RE.fullmatch(value):
+            raise ValueError(
+                "must be an SNS topic ARN like arn:aws:sns:us-east-1:123456789012:my-topic"
+            )
+        return value or None
+
+    @field_validator("max_message_bytes")
+    @classmethod
+    def _max_bytes(cls, value: int | None) -> int | None:
+        return None if value is None else limits.validate_max_message_bytes(value)
+
+    @field_validator("sns_client")
+    @classmethod
+    def _client_kind(cls, value: str) -> str:
+        if value not in ("boto3",):
+            raise ValueError("must be 'boto3'")
+        return value
+
+    @model_validator(mode="after")
+    def _key_pair(self) -> Settings:
+        if (self.sns_key is None) != (self.sns_secret is None):
+            raise ValueError(
+                "RELAY_SNS_KEY and RELAY_SNS_SECRET must be set together (or neither, to use "
+                "the AWS default credential chain)"
+            )
+        if self.sns_external_id is not None and self.sns_role_arn is None:
+            raise ValueError("RELAY_SNS_EXTERNAL_ID needs RELAY_SNS_ROLE_ARN")
+        return self
+
+    @classmethod
+    def load(cls, **overrides: object) -> Settings:
+        """Build the settings, turning validation errors into a ConfigError naming each variable."""
+        try:
+            return cls(**overrides)  # type: ignore[arg-type]
+        except ValidationError as exc:
+            message = _describe(exc)
+        # Raised outside the except block so the ValidationError, whose text holds the raw
+        # inputs (secrets included), is not kept as this error's __context__.
+        raise ConfigError(message)
+
+    @property
+    def topic_region(self) -> str | None:
+        """The region the topic lives in: `RELAY_SNS_REGION`, else the ARN's region."""
+        if self.sns_region:
+            return self.sns_region
+        match = _TOPIC_ARN_RE.fullmatch(self.sns_topic_arn or "")
+        return match.group(1) if match else None
+
+    def require_topic_arn(self) -> str:
+        """The topic ARN, or ConfigError when `RELAY_SNS_TOPIC_ARN` is unset."""
+        if not self.sns_topic_arn:
+            raise ConfigError(f"{ENV_PREFIX}SNS_TOPIC_ARN is not set: which SNS topic to publish to")
+        return self.sns_topic_arn
+
+    def require_redis_url(self) -> str:
+        """The Redis URL, or ConfigError when `RELAY_REDIS_URL` is unset."""
+        if not self.redis_url:
+            raise ConfigError(
+                f"{ENV_PREFIX}REDIS_URL is not set (only `relay up` and `relay demo` start an "
+                "embedded Valkey)"
+            )
+        return self.redis_url
+
+
+def _describe(exc: ValidationError) -> str:
+    lines = []
+    for error in exc.errors():
+        loc = [str(part) for part in error["loc"]]
+        variable = f"{ENV_PREFIX}{loc[0].upper()}" if loc else "settings"
+        # pydantic's message never includes the input when `input` is dropped here, so secrets
+        # given as bad values never reach the error text.
+        message = str(error["msg"]).removeprefix("Value error, ")
+        lines.append(f"{variable}: {message}" if loc else message)
+    return "invalid configuration: " + "; ".join(lines)

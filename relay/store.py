@@ -1,0 +1,158 @@
+"""The relay's own records in Redis: dropped events, settled counts, the topic's size limit.
+
+Producers and workers both write here, so `relay stats` and the metrics see the whole fleet.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import orjson
+import redis
+
+from relay.event import Event
+from relay.keys import DROPPED_LOG_MAX_ENTRIES, Keys
+from relay.queue import translate_redis_errors
+
+TOPIC_LIMIT_TTL_S = 3_600
+"""Producers trust a topic limit the workers recorded this recently; workers refresh it often."""
+
+# Settling is idempotent per bundle: a bundle processed twice (a worker killed after publishing,
+# FACTS §9.4 D1) cannot take more off the pending count than it put on.
+_SETTLE_LUA = """
+local n = tonumber(redis.call('hget', KEYS[1], ARGV[1]) or '0')
+local k = math.min(n, tonumber(ARGV[2]))
+if k > 0 then
+  if n == k then redis.call('hdel', KEYS[1], ARGV[1]) else redis.call('hset', KEYS[1], ARGV[1], n - k) end
+  redis.call('decrby', KEYS[2], k)
+end
+return k
+"""
+
+
+@dataclass(frozen=True, slots=True)
+class DroppedRecord:
+    """One dropped event as the log keeps it: never the body, which may be large or sensitive."""
+
+    event_id: str
+    event_type: str | None
+    reason: str
+    size_bytes: int
+    limit_bytes: int
+    at_s: float
+
+
+class RelayStore:
+    """Reads and writes the relay's bookkeeping keys of one namespace."""
+
+    def __init__(self, client: redis.Redis, keys: Keys) -> None:
+        self.client = client
+        self.keys = keys
+        self._settle = client.register_script(_SETTLE_LUA)
+
+    def record_drops(
+        self, events: Sequence[Event], reason: str, limit_bytes: int, *, pipe: Any = None
+    ) -> None:
+        """Append drop records to the capped log and count them, in `pipe` or on its own."""
+        if not events:
+            return
+        own = pipe is None
+        pipe = self.client.pipeline(transaction=True) if own else pipe
+        now = time.time()
+        records = [
+            orjson.dumps(
+                {
+                    "event_id": event.id,
+                    "event_type": event.type,
+                    "reason": reason,
+                    "size_bytes": event.size_bytes,
+                    "limit_bytes": limit_bytes,
+                    "at_s": now,
+                }
+            )
+            for event in events
+        ]
+        pipe.lpush(self.keys.dropped_log, *records)
+        pipe.ltrim(self.keys.dropped_log, 0, DROPPED_LOG_MAX_ENTRIES - 1)
+        pipe.hincrby(self.keys.dropped_counts, reason, len(events))
+        if own:
+            with translate_redis_errors(self.client):
+                pipe.execute()
+
+    def dropped(self, limit: int = 20) -> list[DroppedRecord]:
+        """The newest drop records, newest first."""
+        with translate_redis_errors(self.client):
+            raw = self.client.lrange(self.keys.dropped_log, 0, limit - 1)
+        return [DroppedRecord(**orjson.loads(item)) for item in raw]
+
+    def dropped_counts(self) -> dict[str, int]:
+        """Drops by reason since the namespace was created."""
+        with translate_redis_errors(self.client):
+            raw = self.client.hgetall(self.keys.dropped_counts)
+        return {key.decode(): int(value) for key, value in raw.items()}
+
+    def add_totals(self, pipe: Any = None, **deltas: int) -> None:
+        """Add to the fleet-wide totals (`enqueued`, `published`, ...) shown by `relay stats`."""
+        own = pipe is None
+        pipe = self.client.pipeline(transaction=False) if own else pipe
+        for name, delta in deltas.items():
+            if delta:
+                pipe.hincrby(self.keys.totals, name, delta)
+        if own:
+            with translate_redis_errors(self.client):
+                pipe.execute()
+
+    def totals(self) -> dict[str, int]:
+        with translate_redis_errors(self.client):
+            raw = self.client.hgetall(self.keys.totals)
+        return {key.decode(): int(value) for key, value in raw.items()}
+
+    def settle(self, bundle_id: str, events: int) -> int:
+        """Take `events` of bundle `bundle_id` off the pending count; returns how many were taken."""
+        with translate_redis_errors(self.client):
+            return int(
+                self._settle(
+                    keys=[self.keys.pending_bundles, self.keys.pending_events],
+                    args=[bundle_id, events],
+                )
+            )
+
+    def pending_events(self) -> int:
+        """Events enqueued and not yet published, dropped or dead-lettered."""
+        with translate_redis_errors(self.client):
+            return max(0, int(self.client.get(self.keys.pending_events) or 0))
+
+    def set_topic_limit(self, topic_arn: str, max_message_bytes: int) -> None:
+        """Record the topic's size limit, as a worker read it from SNS, for producers to use."""
+        with translate_redis_errors(self.client):
+            self.client.set(self.keys.topic_limit(topic_arn), max_message_bytes, ex=TOPIC_LIMIT_TTL_S)
+
+    def topic_limit(self, topic_arn: str) -> int | None:
+        """The topic's size limit as workers last recorded it, or None if none did recently."""
+        with translate_redis_errors(self.client):
+            raw = self.client.get(self.keys.topic_limit(topic_arn))
+        return int(raw) if raw is not None else None
+
+    def oldest_age_s(self, now_s: float | None = None) -> float | None:
+        """Age of the bundle at the head of the queue (the next one taken), or None if empty."""
+        with translate_redis_errors(self.client):
+            head = self.client.lindex(self.keys.queue, 0)
+            if head is None:
+                return None
+            encoded = self.client.hget(self.keys.queue_messages, head)
+        if encoded is None:
+            return None
+        timestamp_ms = orjson.loads(encoded).get("message_timestamp", 0)
+        return max(0.0, (now_s if now_s is not None else time.time()) - timestamp_ms / 1000)
+
+    def queue_depth_bundles(self) -> int:
+        with translate_redis_errors(self.client):
+            return int(self.client.llen(self.keys.queue))
+
+    def dramatiq_dead_bundles(self) -> int:
+        """Bundles dramatiq dead-lettered itself (a relay bug, not an SNS rejection)."""
+        with translate_redis_errors(self.client):
+            return int(self.client.zcard(self.keys.dramatiq_dead_letters))

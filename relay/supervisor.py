@@ -1,0 +1,96 @@
+"""Running the worker fleet: dramatiq's worker processes plus one metrics endpoint for all of them.
+
+`relay worker` is a small supervisor: it gives the workers a fresh prometheus multiprocess
+directory, serves the summed metrics (and the fleet-wide queue gauges) on RELAY_METRICS_PORT,
+runs `dramatiq workers.actors`, forwards SIGTERM/SIGINT, and exits with dramatiq's exit code.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+from collections.abc import Mapping
+from pathlib import Path
+from types import FrameType
+from typing import Any
+
+from relay.keys import Keys
+from relay.queue import redis_client
+from relay.settings import Settings
+
+WORKER_MODULE = "workers.actors"
+"""Named, not imported: the producer side never imports the workers package."""
+
+SHUTDOWN_TIMEOUT_MS = 30_000
+"""On SIGTERM, in-flight bundles get this long to finish; the rest return to the queue.
+Orchestrators must allow more (Kubernetes: terminationGracePeriodSeconds >= 40)."""
+
+
+def worker_command(processes: int, threads: int) -> list[str]:
+    return [
+        sys.executable, "-m", "dramatiq", WORKER_MODULE,
+        "--processes", str(processes), "--threads", str(threads),
+        "--worker-shutdown-timeout", str(SHUTDOWN_TIMEOUT_MS),
+    ]
+
+
+def worker_env(settings: Settings, multiproc_dir: Path, base: Mapping[str, str] | None = None) -> dict[str, str]:
+    """The workers' environment: the caller's, plus the settings resolved here and the metrics dir."""
+    env = dict(os.environ if base is None else base)
+    env["PROMETHEUS_MULTIPROC_DIR"] = str(multiproc_dir)
+    if settings.redis_url:
+        env["RELAY_REDIS_URL"] = settings.redis_url
+    env.setdefault("PYTHONUNBUFFERED", "1")
+    return env
+
+
+def fresh_multiproc_dir() -> Path:
+    """A new, empty directory for this fleet's metric files (stale files would add old counts)."""
+    return Path(tempfile.mkdtemp(prefix="relay-metrics-"))
+
+
+def serve_metrics(settings: Settings, multiproc_dir: Path, port: int) -> Any:
+    """Serve the workers' summed metrics and the queue gauges on `port` (0: any free port)."""
+    os.environ["PROMETHEUS_MULTIPROC_DIR"] = str(multiproc_dir)
+    from prometheus_client import CollectorRegistry, start_http_server
+    from prometheus_client import multiprocess
+
+    from relay import stats
+    from relay.metrics import QueueCollector
+    from relay.store import RelayStore
+
+    registry = CollectorRegistry()
+    multiprocess.MultiProcessCollector(registry, path=str(multiproc_dir))
+    store = RelayStore(redis_client(settings.require_redis_url(), settings), Keys(settings.namespace))
+    registry.register(QueueCollector(lambda: stats.collect(store)))
+    server, _thread = start_http_server(port, addr=settings.metrics_host, registry=registry)
+    return server
+
+
+def start_workers(settings: Settings, processes: int, threads: int, multiproc_dir: Path) -> subprocess.Popen[bytes]:
+    return subprocess.Popen(worker_command(processes, threads), env=worker_env(settings, multiproc_dir))
+
+
+def run_workers(settings: Settings, processes: int, threads: int, metrics_port: int) -> int:
+    """Run the fleet in the foreground until it exits or is signalled; return its exit code."""
+    multiproc_dir = fresh_multiproc_dir()
+    server = serve_metrics(settings, multiproc_dir, metrics_port)
+    child = start_workers(settings, processes, threads, multiproc_dir)
+
+    def forward(signum: int, _frame: FrameType | None) -> None:
+        if child.poll() is None:
+            child.send_signal(signum)
+
+    previous = {sig: signal.signal(sig, forward) for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)}
+    try:
+        code = child.wait()
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+        server.shutdown()
+        shutil.rmtree(multiproc_dir, ignore_errors=True)
+    return code

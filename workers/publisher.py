@@ -1,0 +1,239 @@
+"""Publishing a bundle: size check, PublishBatch packing, retries, dead letters. One retry policy.
+
+Tiers (DESIGN "Failures"): transient errors are retried here with jittered exponential backoff
+within a bounded number of attempts and time; systemic ones (and spent retries) raise
+SnsUnavailable so the events wait in Redis; an entry SNS rejects for itself is dead-lettered.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+
+from tenacity import (
+    Retrying,
+    retry_if_exception_type,
+    stop_after_attempt,
+    stop_after_delay,
+    wait_exponential_jitter,
+)
+
+from relay import limits, metrics
+from relay.dead_letters import DeadLetter, DeadLetters
+from relay.errors import QueueUnavailable, SnsUnavailable
+from relay.event import Event
+from relay.producer import effective_limit
+from relay.settings import Settings
+from relay.store import RelayStore
+from workers.sns import BatchEntry, ErrorKind, SnsGateway, classify_entry_failure, classify_error
+
+log = logging.getLogger(__name__)
+
+PUBLISH_MAX_ATTEMPTS = 6
+PUBLISH_MAX_DELAY_S = 20.0
+PUBLISH_BACKOFF_INITIAL_S = 0.1
+PUBLISH_BACKOFF_MAX_S = 5.0
+"""One batch gets at most 6 attempts within 20 s; botocore itself makes one attempt per call,
+so these are the only retries below dramatiq's (FACTS §5.1: one layer owns retries)."""
+
+TOPIC_LIMIT_REFRESH_S = 300.0
+"""How often a worker re-reads the topic's MaximumMessageSize (it can change at any time)."""
+
+
+class _RetryableBatch(Exception):
+    """Some entries of a batch failed transiently; the loop re-sends only those."""
+
+
+@dataclass
+class BundleResult:
+    published: int = 0
+    dropped: int = 0
+    dead_lettered: int = 0
+    retried_entries: int = 0
+    delivery_s: list[float] = field(default_factory=list)
+
+
+class TopicLimit:
+    """The size limit to enforce, refreshed from SNS and shared with producers through Redis."""
+
+    def __init__(
+        self, settings: Settings, gateway: SnsGateway, store: RelayStore,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.settings = settings
+        self.gateway = gateway
+        self.store = store
+        self.clock = clock
+        self._value: int | None = None
+        self._read_at = float("-inf")
+        self._lock = threading.Lock()
+
+    def bytes(self) -> int:
+        with self._lock:
+            if self._value is None or self.clock() - self._read_at > TOPIC_LIMIT_REFRESH_S:
+                self._refresh()
+            assert self._value is not None
+            return self._value
+
+    def _refresh(self) -> None:
+        topic = self.settings.require_topic_arn()
+        try:
+            reported = self.gateway.max_message_bytes(topic)
+        except Exception as exc:  # a failed read must not stop publishing: keep the last value
+            log.warning("could not read the topic's MaximumMessageSize: %s", type(exc).__name__)
+            reported = None
+            if self._value is not None:
+                self._read_at = self.clock()
+                return
+        self._value = effective_limit(self.settings, reported)
+        self._read_at = self.clock()
+        metrics.TOPIC_MAX_MESSAGE_BYTES.set(self._value)
+        try:
+            self.store.set_topic_limit(topic, reported or limits.SNS_DEFAULT_MAX_MESSAGE_BYTES)
+        except QueueUnavailable:
+            pass  # producers keep their configured limit; the worker checks every event anyway
+
+
+class Publisher:
+    """Publishes bundles of events to one topic. Shared by the threads of one worker process."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        gateway: SnsGateway,
+        store: RelayStore,
+        dead_letters: DeadLetters,
+        *,
+        sleep: Callable[[float], None] = time.sleep,
+    ) -> None:
+        self.topic_arn = settings.require_topic_arn()
+        self.gateway = gateway
+        self.store = store
+        self.dead_letters = dead_letters
+        self.limit = TopicLimit(settings, gateway, store)
+        self.sleep = sleep
+
+    def publish(self, events: Sequence[Event]) -> BundleResult:
+        """Publish a bundle. Every event ends published, dropped (recorded) or dead-lettered.
+
+        Raises SnsUnavailable, carrying the events not yet accepted, when SNS is down or refuses
+        the credentials or the topic; QueueUnavailable when Redis fails while recording.
+        """
+        result = BundleResult()
+        limit = self.limit.bytes()
+        fitting = [event for event in events if event.size_bytes <= limit]
+        too_large = [event for event in events if event.size_bytes > limit]
+        if too_large:
+            self.store.record_drops(too_large, "too_large", limit)
+            self.store.add_totals(dropped=len(too_large))
+            metrics.EVENTS_DROPPED.labels("too_large").inc(len(too_large))
+            result.dropped += len(too_large)
+        batches = limits.pack_batches(fitting, lambda event: event.size_bytes, limit)
+        for number, batch in enumerate(batches):
+            try:
+                self._publish_batch(batch, result)
+            except SnsUnavailable as exc:
+                later = [event for rest in batches[number + 1 :] for event in rest]
+                raise SnsUnavailable(str(exc), [*exc.remaining, *later]) from exc.__cause__
+        return result
+
+    def _publish_batch(self, batch: Sequence[Event], result: BundleResult) -> None:
+        remaining = {str(index): event for index, event in enumerate(batch)}
+        retrying = Retrying(
+            stop=stop_after_attempt(PUBLISH_MAX_ATTEMPTS) | stop_after_delay(PUBLISH_MAX_DELAY_S),
+            wait=wait_exponential_jitter(
+                initial=PUBLISH_BACKOFF_INITIAL_S, max=PUBLISH_BACKOFF_MAX_S
+            ),
+            retry=retry_if_exception_type(_RetryableBatch),
+            sleep=self.sleep,
+            reraise=True,
+        )
+        try:
+            for attempt in retrying:
+                with attempt:
+                    if attempt.retry_state.attempt_number > 1:
+                        metrics.PUBLISH_RETRIES.inc()
+                        result.retried_entries += len(remaining)
+                    self._attempt(remaining, result)
+        except _RetryableBatch as exc:
+            raise SnsUnavailable(
+                f"SNS kept failing after {PUBLISH_MAX_ATTEMPTS} attempts: {exc}",
+                list(remaining.values()),
+            ) from None
+
+    def _attempt(self, remaining: dict[str, Event], result: BundleResult) -> None:
+        entries = [BatchEntry(id_, event.body, event.attributes) for id_, event in remaining.items()]
+        started = time.perf_counter()
+        try:
+            response = self.gateway.publish_batch(self.topic_arn, entries)
+        except Exception as exc:
+            metrics.PUBLISH_DURATION.observe(time.perf_counter() - started)
+            self._request_failed(exc, remaining, result)
+            return
+        metrics.PUBLISH_DURATION.observe(time.perf_counter() - started)
+        accepted = [remaining.pop(id_) for id_ in response.successful if id_ in remaining]
+        rejected: list[DeadLetter] = []
+        now = time.time()
+        for id_, failure in response.failed.items():
+            if id_ in remaining and classify_entry_failure(failure.code, failure.sender_fault) is not ErrorKind.TRANSIENT:
+                rejected.append(DeadLetter(remaining.pop(id_), failure.code, failure.message, now))
+        self._settled(accepted, rejected, result)
+        if remaining:
+            metrics.PUBLISH_REQUESTS.labels("partial").inc()
+            codes = sorted({response.failed[id_].code for id_ in remaining if id_ in response.failed})
+            raise _RetryableBatch(f"{len(remaining)} entries failed transiently ({', '.join(codes)})")
+        metrics.PUBLISH_REQUESTS.labels("ok").inc()
+
+    def _request_failed(
+        self, exc: Exception, remaining: dict[str, Event], result: BundleResult
+    ) -> None:
+        kind = classify_error(exc)
+        code = error_code(exc)
+        if kind is ErrorKind.TRANSIENT:
+            metrics.PUBLISH_REQUESTS.labels("throttled" if "hrottl" in code else "error").inc()
+            raise _RetryableBatch(code) from exc
+        if kind is ErrorKind.SYSTEMIC:
+            metrics.PUBLISH_REQUESTS.labels("unavailable").inc()
+            raise SnsUnavailable(f"SNS refused the request: {code}", list(remaining.values()))
+        # SNS rejected the whole request for its content: find the culprit by sending alone.
+        metrics.PUBLISH_REQUESTS.labels("rejected").inc()
+        if len(remaining) == 1:
+            (event,) = remaining.values()
+            remaining.clear()
+            self._settled([], [DeadLetter(event, code, str(exc)[:1000], time.time())], result)
+            return
+        alone = list(remaining.values())
+        remaining.clear()
+        for event in alone:
+            self._publish_batch([event], result)
+
+    def _settled(
+        self, accepted: Sequence[Event], rejected: Sequence[DeadLetter], result: BundleResult
+    ) -> None:
+        now = time.time()
+        if accepted:
+            metrics.EVENTS_PUBLISHED.inc(len(accepted))
+            for event in accepted:
+                delivery = max(0.0, now - event.received_at_s)
+                metrics.EVENT_DELIVERY.observe(delivery)
+                result.delivery_s.append(delivery)
+            result.published += len(accepted)
+        if rejected:
+            self.dead_letters.add(rejected)
+            for letter in rejected:
+                metrics.EVENTS_DEAD_LETTERED.labels(letter.code).inc()
+            result.dead_lettered += len(rejected)
+        self.store.add_totals(published=len(accepted), dead_lettered=len(rejected))
+
+
+def error_code(exc: BaseException) -> str:
+    """The AWS error code of a botocore ClientError, else the exception's class name."""
+    response = getattr(exc, "response", None)
+    if isinstance(response, dict):
+        code = response.get("Error", {}).get("Code")
+        if code:
+            return str(code)
+    return type(exc).__name__
