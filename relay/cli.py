@@ -119,10 +119,18 @@ def send(source: IO[bytes], quiet: bool) -> None:
     settings = settings_or_exit()
     problems: list[str] = []
     enqueued = dropped = invalid = 0
-    with Producer(settings) as producer, Progress(
-        TextColumn("sending"), BarColumn(), MofNCompleteColumn(), TextColumn("events"),
-        TimeElapsedColumn(), console=console, disable=quiet,
-    ) as progress:
+    with (
+        Producer(settings) as producer,
+        Progress(
+            TextColumn("sending"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TextColumn("events"),
+            TimeElapsedColumn(),
+            console=console,
+            disable=quiet,
+        ) as progress,
+    ):
         task = progress.add_task("send", total=None)
         chunk: list[tuple[int, bytes]] = []
 
@@ -131,7 +139,9 @@ def send(source: IO[bytes], quiet: bool) -> None:
             report = producer.send_many([line for _, line in chunk], source="cli")
             for outcome in report.outcomes:
                 if outcome.status != "enqueued":
-                    problems.append(f"line {chunk[outcome.index][0]}: {outcome.status}: {outcome.detail}")
+                    problems.append(
+                        f"line {chunk[outcome.index][0]}: {outcome.status}: {outcome.detail}"
+                    )
             enqueued += report.enqueued
             dropped += report.dropped
             invalid += report.invalid
@@ -174,7 +184,9 @@ def stats(as_json: bool) -> None:
     from relay.store import RelayStore
 
     settings = settings_or_exit()
-    store = RelayStore(redis_client(settings.require_redis_url(), settings), Keys(settings.namespace))
+    store = RelayStore(
+        redis_client(settings.require_redis_url(), settings), Keys(settings.namespace)
+    )
     figures = stats_.collect(store)
     figures["recent_drops"] = [dataclasses.asdict(record) for record in store.dropped(10)]
     if as_json:
@@ -198,8 +210,11 @@ def stats(as_json: bool) -> None:
             drops.add_column(column)
         for record in figures["recent_drops"]:
             drops.add_row(
-                record["event_id"], str(record["event_type"]), record["reason"],
-                str(record["size_bytes"]), str(record["limit_bytes"]),
+                record["event_id"],
+                str(record["event_type"]),
+                record["reason"],
+                str(record["size_bytes"]),
+                str(record["limit_bytes"]),
                 time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(record["at_s"])),
             )
         Console().print(drops)
@@ -227,7 +242,9 @@ def _dead_letters(settings: Settings) -> Any:
     from relay.keys import Keys
     from relay.queue import redis_client
 
-    return DeadLetters(redis_client(settings.require_redis_url(), settings), Keys(settings.namespace))
+    return DeadLetters(
+        redis_client(settings.require_redis_url(), settings), Keys(settings.namespace)
+    )
 
 
 @dlq.command("list")
@@ -239,20 +256,37 @@ def _dead_letters(settings: Settings) -> Any:
 def dlq_list(event_type: str | None, older_than: str | None, limit: int, as_json: bool) -> None:
     """List dead letters, oldest first."""
     store = _dead_letters(settings_or_exit())
-    letters = list(store.iter(event_type=event_type, older_than_s=_parse_age(older_than), limit=limit))
+    letters = list(
+        store.iter(event_type=event_type, older_than_s=_parse_age(older_than), limit=limit)
+    )
     if as_json:
-        click.echo(json.dumps([
-            {"event_id": dl.event.id, "type": dl.event.type, "code": dl.code,
-             "message": dl.message, "at_s": dl.at_s, "size_bytes": dl.event.size_bytes}
-            for dl in letters
-        ], indent=2))
+        click.echo(
+            json.dumps(
+                [
+                    {
+                        "event_id": dl.event.id,
+                        "type": dl.event.type,
+                        "code": dl.code,
+                        "message": dl.message,
+                        "at_s": dl.at_s,
+                        "size_bytes": dl.event.size_bytes,
+                    }
+                    for dl in letters
+                ],
+                indent=2,
+            )
+        )
         return
     table = Table(title=f"dead letters ({store.depth()} in all)")
     for column in ("event id", "type", "error", "when"):
         table.add_column(column)
     for dl in letters:
-        table.add_row(dl.event.id, str(dl.event.type), f"{dl.code}: {dl.message[:60]}",
-                      time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(dl.at_s)))
+        table.add_row(
+            dl.event.id,
+            str(dl.event.type),
+            f"{dl.code}: {dl.message[:60]}",
+            time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(dl.at_s)),
+        )
     Console().print(table)
 
 
@@ -265,11 +299,21 @@ def dlq_show(event_id: str) -> None:
     if not letters:
         fail(f"no dead letter with id {event_id}", EXIT_PROBLEM)
     dl = letters[0]
-    click.echo(json.dumps({
-        "event_id": dl.event.id, "code": dl.code, "message": dl.message, "at_s": dl.at_s,
-        "attributes": dict(dl.event.attributes), "size_bytes": dl.event.size_bytes,
-        "body": dl.event.body,
-    }, indent=2, ensure_ascii=False))
+    click.echo(
+        json.dumps(
+            {
+                "event_id": dl.event.id,
+                "code": dl.code,
+                "message": dl.message,
+                "at_s": dl.at_s,
+                "attributes": dict(dl.event.attributes),
+                "size_bytes": dl.event.size_bytes,
+                "body": dl.event.body,
+            },
+            indent=2,
+            ensure_ascii=False,
+        )
+    )
 
 
 @dlq.command("replay")
@@ -280,8 +324,11 @@ def dlq_show(event_id: str) -> None:
 @click.option("--rate", default=100.0, show_default=True, help="Events per second at most.")
 @handles_redis_down
 def dlq_replay(
-    event_ids: tuple[str, ...], replay_all: bool, event_type: str | None,
-    older_than: str | None, rate: float,
+    event_ids: tuple[str, ...],
+    replay_all: bool,
+    event_type: str | None,
+    older_than: str | None,
+    rate: float,
 ) -> None:
     """Send dead letters back through the queue (and out of dead letters)."""
     from relay.keys import Keys
@@ -305,7 +352,9 @@ def dlq_replay(
         began = time.monotonic()
         replayed += store.replay(letters[start : start + step], writer)
         if start + step < len(letters):
-            time.sleep(max(0.0, 1.0 - (time.monotonic() - began)))  # the rate limit, not a wait for work
+            time.sleep(
+                max(0.0, 1.0 - (time.monotonic() - began))
+            )  # the rate limit, not a wait for work
     click.echo(f"replayed {replayed} dead letters")
 
 

@@ -15,7 +15,7 @@ import redis
 
 from relay.event import Event
 from relay.keys import Keys
-from relay.queue import BundleWriter, bundles, translate_redis_errors
+from relay.queue import BundleWriter, as_text, bundles, translate_redis_errors
 
 
 @dataclass(frozen=True, slots=True)
@@ -29,11 +29,16 @@ class DeadLetter:
 
     def to_json(self) -> bytes:
         return orjson.dumps(
-            {"event": self.event.to_wire(), "code": self.code, "message": self.message, "at_s": self.at_s}
+            {
+                "event": self.event.to_wire(),
+                "code": self.code,
+                "message": self.message,
+                "at_s": self.at_s,
+            }
         )
 
     @classmethod
-    def from_json(cls, raw: bytes) -> DeadLetter:
+    def from_json(cls, raw: bytes | str) -> DeadLetter:
         data = orjson.loads(raw)
         return cls(Event.from_wire(data["event"]), data["code"], data["message"], data["at_s"])
 
@@ -46,7 +51,7 @@ class DeadLetters:
         self.keys = keys
 
     def add(self, letters: Sequence[DeadLetter]) -> None:
-        """Store dead letters (one transaction). A replayed-and-failed-again event is overwritten."""
+        """Store dead letters in one transaction; an event dead-lettered again is overwritten."""
         if not letters:
             return
         pipe = self.client.pipeline(transaction=True)
@@ -64,10 +69,13 @@ class DeadLetters:
         newest = "+inf" if older_than_s is None else time.time() - older_than_s
         with translate_redis_errors(self.client):
             raw = self.client.zrangebyscore(
-                self.keys.dead_letter_index, "-inf", newest,
-                start=0 if limit is not None else None, num=limit,
+                self.keys.dead_letter_index,
+                "-inf",
+                newest,
+                start=0 if limit is not None else None,
+                num=limit,
             )
-        return [item.decode() for item in raw]
+        return [as_text(item) for item in raw if isinstance(item, bytes | str)]
 
     def get(self, event_ids: Sequence[str]) -> list[DeadLetter]:
         """The records of `event_ids` that exist, in the order given."""
@@ -78,8 +86,12 @@ class DeadLetters:
         return [DeadLetter.from_json(item) for item in raw if item is not None]
 
     def iter(
-        self, *, event_type: str | None = None, older_than_s: float | None = None,
-        limit: int | None = None, page: int = 500,
+        self,
+        *,
+        event_type: str | None = None,
+        older_than_s: float | None = None,
+        limit: int | None = None,
+        page: int = 500,
     ) -> Iterator[DeadLetter]:
         """Dead letters oldest first, filtered by event type and age."""
         ids = self.ids(older_than_s=older_than_s)

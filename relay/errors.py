@@ -50,7 +50,7 @@ class EventTooLarge(RelayError):
 
 
 class QueueUnavailable(RelayError):
-    """Redis could not be reached or did not answer in time; nothing from the failed write was stored.
+    """Redis was unreachable or too slow to answer; nothing from the failed write was stored.
 
     `report`, when set by `Producer.send_many`, says which events were stored before the failure.
     """

@@ -41,9 +41,7 @@ class Event:
 
     def __post_init__(self) -> None:
         if not self.size_bytes:
-            object.__setattr__(
-                self, "size_bytes", limits.message_bytes(self.body, self.attributes)
-            )
+            object.__setattr__(self, "size_bytes", limits.message_bytes(self.body, self.attributes))
 
     @property
     def type(self) -> str | None:
@@ -99,7 +97,9 @@ def make_event(
         try:
             body_bytes = orjson.dumps(dict(payload))
         except TypeError as exc:
-            raise InvalidEvent(f"payload is not JSON-serializable: {exc}", event_id=event_id) from None
+            raise InvalidEvent(
+                f"payload is not JSON-serializable: {exc}", event_id=event_id
+            ) from None
         parsed: Any = payload
         body = body_bytes.decode("utf-8")
     else:

@@ -74,6 +74,10 @@ class Keys:
         """Hash of fleet-wide counters (enqueued, published, ...) for `relay stats`."""
         return f"{self.namespace}:relay:totals"
 
+    def webhook_seen(self, webhook_id: str) -> str:
+        """Marks a webhook delivery id (`X-Webhook-Id`) as stored, for the dedup window."""
+        return f"{self.namespace}:relay:webhook-seen:{webhook_id}"
+
     def topic_limit(self, topic_arn: str) -> str:
         """The topic's `MaximumMessageSize` as the workers last read it from SNS."""
         return f"{self.namespace}:relay:topic-limit:{topic_arn}"

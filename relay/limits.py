@@ -116,4 +116,3 @@ def pack_batches(
     if current:
         batches.append(current)
     return batches
-

@@ -7,7 +7,6 @@ scrape time by QueueCollector, so every scraper sees the same fleet-wide figures
 
 from __future__ import annotations
 
-import os
 from collections.abc import Iterator
 from typing import Any
 
@@ -16,7 +15,9 @@ from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
 EVENTS_RECEIVED = Counter(
-    "relay_events_received", "Events offered to the relay, by source (api, cli, webhook).", ["source"]
+    "relay_events_received",
+    "Events offered to the relay, by source (api, cli, webhook).",
+    ["source"],
 )
 EVENTS_REJECTED = Counter(
     "relay_events_rejected",
@@ -29,7 +30,9 @@ EVENTS_DROPPED = Counter(
     "relay_events_dropped", "Events accepted but dropped (and recorded), by reason.", ["reason"]
 )
 EVENTS_DEAD_LETTERED = Counter(
-    "relay_events_dead_lettered", "Events SNS rejected, kept as dead letters, by error code.", ["reason"]
+    "relay_events_dead_lettered",
+    "Events SNS rejected, kept as dead letters, by error code.",
+    ["reason"],
 )
 PUBLISH_REQUESTS = Counter(
     "relay_publish_requests",
@@ -86,10 +89,10 @@ class QueueCollector(Collector):
         )
 
 
-def multiprocess_registry() -> CollectorRegistry:
-    """A registry summing the metrics of every process writing to PROMETHEUS_MULTIPROC_DIR."""
+def multiprocess_registry(path: str) -> CollectorRegistry:
+    """A registry summing the metrics of every process writing to the multiprocess dir `path`."""
     from prometheus_client import multiprocess
 
     registry = CollectorRegistry()
-    multiprocess.MultiProcessCollector(registry, path=os.environ["PROMETHEUS_MULTIPROC_DIR"])
+    multiprocess.MultiProcessCollector(registry, path=path)  # type: ignore[no-untyped-call]
     return registry

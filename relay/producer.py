@@ -152,7 +152,9 @@ class Producer:
             if event.size_bytes > limit:
                 too_large.append(event)
                 report.outcomes.append(
-                    Outcome(index, event.id, "dropped", f"too_large: {event.size_bytes} > {limit} bytes")
+                    Outcome(
+                        index, event.id, "dropped", f"too_large: {event.size_bytes} > {limit} bytes"
+                    )
                 )
                 continue
             accepted.append(event)

@@ -65,7 +65,7 @@ def redis_client(url: str, settings: Settings) -> redis.Redis:
 def make_broker(settings: Settings, client: redis.Redis | None = None) -> RedisBroker:
     """dramatiq's Redis broker in the relay's namespace with the relay's timing (see constants)."""
     url = settings.require_redis_url()
-    broker = RedisBroker(
+    broker = RedisBroker(  # type: ignore[no-untyped-call]
         client=client or redis_client(url, settings),
         namespace=settings.namespace,
         heartbeat_timeout=HEARTBEAT_TIMEOUT_MS,
@@ -137,3 +137,7 @@ def translate_redis_errors(client: redis.Redis) -> Iterator[None]:
         where = kwargs.get("path") or f"{kwargs.get('host', '?')}:{kwargs.get('port', '?')}"
         raise QueueUnavailable(f"Redis at {where} is unreachable: {type(exc).__name__}") from None
 
+
+def as_text(value: bytes | str) -> str:
+    """A Redis reply as text (the clients here return bytes; typing allows either)."""
+    return value.decode() if isinstance(value, bytes) else value

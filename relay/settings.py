@@ -16,7 +16,9 @@ from relay import limits
 from relay.errors import ConfigError
 
 ENV_PREFIX = "RELAY_"
-_TOPIC_ARN_RE = re.compile(r"^arn:aws[a-z-]*:sns:([a-z0-9-]+):([0-9]{12}):([A-Za-z0-9_-]{1,256}(\.fifo)?)$")
+_TOPIC_ARN_RE = re.compile(
+    r"^arn:aws[a-z-]*:sns:([a-z0-9-]+):([0-9]{12}):([A-Za-z0-9_-]{1,256}(\.fifo)?)$"
+)
 
 
 class Settings(BaseSettings):
@@ -42,9 +44,14 @@ class Settings(BaseSettings):
     max_message_bytes: int | None = None
     """A cap below the topic's own limit; unset: the topic's `MaximumMessageSize` (or 262,144)."""
     webhook_secret: SecretStr | None = None
+    """HMAC key(s) for `X-Signature`; several, comma-separated, during a rotation."""
+    webhook_dedup_ttl_s: int = 3_600
+    ingest_max_body_bytes: int = 8 * 1024 * 1024
+    ingest_max_backlog_events: int = 1_000_000
+    """Above this many events waiting, ingest answers 503 with Retry-After, storing nothing."""
     metrics_port: int = 9191
     metrics_host: str = "127.0.0.1"
-    """Where `relay worker` serves /metrics; set 0.0.0.0 in a container so Prometheus can reach it."""
+    """Where `relay worker` serves /metrics; 0.0.0.0 in a container, so Prometheus reaches it."""
 
     redis_connect_timeout_s: float = 1.0
     redis_timeout_s: float = 2.0
@@ -110,7 +117,9 @@ class Settings(BaseSettings):
     def require_topic_arn(self) -> str:
         """The topic ARN, or ConfigError when `RELAY_SNS_TOPIC_ARN` is unset."""
         if not self.sns_topic_arn:
-            raise ConfigError(f"{ENV_PREFIX}SNS_TOPIC_ARN is not set: which SNS topic to publish to")
+            raise ConfigError(
+                f"{ENV_PREFIX}SNS_TOPIC_ARN is not set: which SNS topic to publish to"
+            )
         return self.sns_topic_arn
 
     def require_redis_url(self) -> str:

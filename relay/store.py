@@ -15,7 +15,7 @@ import redis
 
 from relay.event import Event
 from relay.keys import DROPPED_LOG_MAX_ENTRIES, Keys
-from relay.queue import translate_redis_errors
+from relay.queue import as_text, translate_redis_errors
 
 TOPIC_LIMIT_TTL_S = 3_600
 """Producers trust a topic limit the workers recorded this recently; workers refresh it often."""
@@ -26,7 +26,8 @@ _SETTLE_LUA = """
 local n = tonumber(redis.call('hget', KEYS[1], ARGV[1]) or '0')
 local k = math.min(n, tonumber(ARGV[2]))
 if k > 0 then
-  if n == k then redis.call('hdel', KEYS[1], ARGV[1]) else redis.call('hset', KEYS[1], ARGV[1], n - k) end
+  if n == k then redis.call('hdel', KEYS[1], ARGV[1])
+  else redis.call('hset', KEYS[1], ARGV[1], n - k) end
   redis.call('decrby', KEYS[2], k)
 end
 return k
@@ -92,7 +93,7 @@ class RelayStore:
         """Drops by reason since the namespace was created."""
         with translate_redis_errors(self.client):
             raw = self.client.hgetall(self.keys.dropped_counts)
-        return {key.decode(): int(value) for key, value in raw.items()}
+        return {as_text(key): int(value) for key, value in raw.items()}
 
     def add_totals(self, pipe: Any = None, **deltas: int) -> None:
         """Add to the fleet-wide totals (`enqueued`, `published`, ...) shown by `relay stats`."""
@@ -108,10 +109,10 @@ class RelayStore:
     def totals(self) -> dict[str, int]:
         with translate_redis_errors(self.client):
             raw = self.client.hgetall(self.keys.totals)
-        return {key.decode(): int(value) for key, value in raw.items()}
+        return {as_text(key): int(value) for key, value in raw.items()}
 
     def settle(self, bundle_id: str, events: int) -> int:
-        """Take `events` of bundle `bundle_id` off the pending count; returns how many were taken."""
+        """Take `events` of bundle `bundle_id` off the pending count; return how many it took."""
         with translate_redis_errors(self.client):
             return int(
                 self._settle(
@@ -128,7 +129,9 @@ class RelayStore:
     def set_topic_limit(self, topic_arn: str, max_message_bytes: int) -> None:
         """Record the topic's size limit, as a worker read it from SNS, for producers to use."""
         with translate_redis_errors(self.client):
-            self.client.set(self.keys.topic_limit(topic_arn), max_message_bytes, ex=TOPIC_LIMIT_TTL_S)
+            self.client.set(
+                self.keys.topic_limit(topic_arn), max_message_bytes, ex=TOPIC_LIMIT_TTL_S
+            )
 
     def topic_limit(self, topic_arn: str) -> int | None:
         """The topic's size limit as workers last recorded it, or None if none did recently."""
@@ -145,7 +148,7 @@ class RelayStore:
             encoded = self.client.hget(self.keys.queue_messages, head)
         if encoded is None:
             return None
-        timestamp_ms = orjson.loads(encoded).get("message_timestamp", 0)
+        timestamp_ms = float(orjson.loads(encoded).get("message_timestamp", 0))
         return max(0.0, (now_s if now_s is not None else time.time()) - timestamp_ms / 1000)
 
     def queue_depth_bundles(self) -> int:

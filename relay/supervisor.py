@@ -32,14 +32,23 @@ Orchestrators must allow more (Kubernetes: terminationGracePeriodSeconds >= 40).
 
 def worker_command(processes: int, threads: int) -> list[str]:
     return [
-        sys.executable, "-m", "dramatiq", WORKER_MODULE,
-        "--processes", str(processes), "--threads", str(threads),
-        "--worker-shutdown-timeout", str(SHUTDOWN_TIMEOUT_MS),
+        sys.executable,
+        "-m",
+        "dramatiq",
+        WORKER_MODULE,
+        "--processes",
+        str(processes),
+        "--threads",
+        str(threads),
+        "--worker-shutdown-timeout",
+        str(SHUTDOWN_TIMEOUT_MS),
     ]
 
 
-def worker_env(settings: Settings, multiproc_dir: Path, base: Mapping[str, str] | None = None) -> dict[str, str]:
-    """The workers' environment: the caller's, plus the settings resolved here and the metrics dir."""
+def worker_env(
+    settings: Settings, multiproc_dir: Path, base: Mapping[str, str] | None = None
+) -> dict[str, str]:
+    """The workers' environment: the caller's, plus the resolved Redis URL and the metrics dir."""
     env = dict(os.environ if base is None else base)
     env["PROMETHEUS_MULTIPROC_DIR"] = str(multiproc_dir)
     if settings.redis_url:
@@ -56,23 +65,27 @@ def fresh_multiproc_dir() -> Path:
 def serve_metrics(settings: Settings, multiproc_dir: Path, port: int) -> Any:
     """Serve the workers' summed metrics and the queue gauges on `port` (0: any free port)."""
     os.environ["PROMETHEUS_MULTIPROC_DIR"] = str(multiproc_dir)
-    from prometheus_client import CollectorRegistry, start_http_server
-    from prometheus_client import multiprocess
+    from prometheus_client import start_http_server
 
     from relay import stats
-    from relay.metrics import QueueCollector
+    from relay.metrics import QueueCollector, multiprocess_registry
     from relay.store import RelayStore
 
-    registry = CollectorRegistry()
-    multiprocess.MultiProcessCollector(registry, path=str(multiproc_dir))
-    store = RelayStore(redis_client(settings.require_redis_url(), settings), Keys(settings.namespace))
+    registry = multiprocess_registry(str(multiproc_dir))
+    store = RelayStore(
+        redis_client(settings.require_redis_url(), settings), Keys(settings.namespace)
+    )
     registry.register(QueueCollector(lambda: stats.collect(store)))
     server, _thread = start_http_server(port, addr=settings.metrics_host, registry=registry)
     return server
 
 
-def start_workers(settings: Settings, processes: int, threads: int, multiproc_dir: Path) -> subprocess.Popen[bytes]:
-    return subprocess.Popen(worker_command(processes, threads), env=worker_env(settings, multiproc_dir))
+def start_workers(
+    settings: Settings, processes: int, threads: int, multiproc_dir: Path
+) -> subprocess.Popen[bytes]:
+    return subprocess.Popen(
+        worker_command(processes, threads), env=worker_env(settings, multiproc_dir)
+    )
 
 
 def run_workers(settings: Settings, processes: int, threads: int, metrics_port: int) -> int:
@@ -85,7 +98,9 @@ def run_workers(settings: Settings, processes: int, threads: int, metrics_port: 
         if child.poll() is None:
             child.send_signal(signum)
 
-    previous = {sig: signal.signal(sig, forward) for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)}
+    previous = {
+        sig: signal.signal(sig, forward) for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
+    }
     try:
         code = child.wait()
     finally:

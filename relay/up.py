@@ -14,7 +14,10 @@ def run_up(settings: Settings, processes: int, threads: int) -> int:
         settings.data_dir.mkdir(parents=True, exist_ok=True)
         server = start_valkey(settings.data_dir)
         settings = settings.model_copy(update={"redis_url": server.connection_url})
-        print(f"embedded Valkey (AOF on) at {server.connection_url}, data in {settings.data_dir}/valkey")
+        print(
+            f"embedded Valkey (AOF on) at {server.connection_url}, "
+            f"data in {settings.data_dir}/valkey"
+        )
     try:
         return run_workers(settings, processes, threads, settings.metrics_port)
     finally:

@@ -49,7 +49,7 @@ _publisher_lock = threading.Lock()
 
 
 def publisher() -> Publisher:
-    """This process's publisher, created on first use (after fork: boto3 clients don't survive one)."""
+    """This process's publisher, made on first use: after fork, as boto3 clients can't cross one."""
     global _publisher, _publisher_pid
     with _publisher_lock:
         if _publisher is None or _publisher_pid != os.getpid():

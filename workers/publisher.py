@@ -7,6 +7,7 @@ SnsUnavailable so the events wait in Redis; an entry SNS rejects for itself is d
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import threading
 import time
@@ -60,7 +61,10 @@ class TopicLimit:
     """The size limit to enforce, refreshed from SNS and shared with producers through Redis."""
 
     def __init__(
-        self, settings: Settings, gateway: SnsGateway, store: RelayStore,
+        self,
+        settings: Settings,
+        gateway: SnsGateway,
+        store: RelayStore,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.settings = settings
@@ -91,10 +95,9 @@ class TopicLimit:
         self._value = effective_limit(self.settings, reported)
         self._read_at = self.clock()
         metrics.TOPIC_MAX_MESSAGE_BYTES.set(self._value)
-        try:
+        # On failure producers keep their configured limit; the worker checks every event anyway.
+        with contextlib.suppress(QueueUnavailable):
             self.store.set_topic_limit(topic, reported or limits.SNS_DEFAULT_MAX_MESSAGE_BYTES)
-        except QueueUnavailable:
-            pass  # producers keep their configured limit; the worker checks every event anyway
 
 
 class Publisher:
@@ -165,7 +168,9 @@ class Publisher:
             ) from None
 
     def _attempt(self, remaining: dict[str, Event], result: BundleResult) -> None:
-        entries = [BatchEntry(id_, event.body, event.attributes) for id_, event in remaining.items()]
+        entries = [
+            BatchEntry(id_, event.body, event.attributes) for id_, event in remaining.items()
+        ]
         started = time.perf_counter()
         try:
             response = self.gateway.publish_batch(self.topic_arn, entries)
@@ -178,13 +183,21 @@ class Publisher:
         rejected: list[DeadLetter] = []
         now = time.time()
         for id_, failure in response.failed.items():
-            if id_ in remaining and classify_entry_failure(failure.code, failure.sender_fault) is not ErrorKind.TRANSIENT:
+            if (
+                id_ in remaining
+                and classify_entry_failure(failure.code, failure.sender_fault)
+                is not ErrorKind.TRANSIENT
+            ):
                 rejected.append(DeadLetter(remaining.pop(id_), failure.code, failure.message, now))
         self._settled(accepted, rejected, result)
         if remaining:
             metrics.PUBLISH_REQUESTS.labels("partial").inc()
-            codes = sorted({response.failed[id_].code for id_ in remaining if id_ in response.failed})
-            raise _RetryableBatch(f"{len(remaining)} entries failed transiently ({', '.join(codes)})")
+            codes = sorted(
+                {response.failed[id_].code for id_ in remaining if id_ in response.failed}
+            )
+            raise _RetryableBatch(
+                f"{len(remaining)} entries failed transiently ({', '.join(codes)})"
+            )
         metrics.PUBLISH_REQUESTS.labels("ok").inc()
 
     def _request_failed(
