@@ -45,7 +45,10 @@ def settings_or_exit(*, need_redis: bool = True, embedded_ok: bool = False) -> S
     except ConfigError as exc:
         fail(str(exc), EXIT_USAGE)
         raise
+    from relay import logs
     from relay.embedded import discovered_url
+
+    logs.configure(settings.log_level, settings.log_format)
 
     url = discovered_url(settings)
     if url and url != settings.redis_url:

@@ -53,6 +53,10 @@ class Settings(BaseSettings):
     metrics_host: str = "127.0.0.1"
     """Where `relay worker` serves /metrics; 0.0.0.0 in a container, so Prometheus reaches it."""
 
+    log_level: str = "INFO"
+    log_format: str = "console"
+    """`console` (one readable line per event) or `json` (one object per line, for collectors)."""
+
     redis_connect_timeout_s: float = 1.0
     redis_timeout_s: float = 2.0
 
@@ -76,6 +80,13 @@ class Settings(BaseSettings):
     @classmethod
     def _max_bytes(cls, value: int | None) -> int | None:
         return None if value is None else limits.validate_max_message_bytes(value)
+
+    @field_validator("log_format")
+    @classmethod
+    def _log_format(cls, value: str) -> str:
+        if value not in ("console", "json"):
+            raise ValueError("must be 'console' or 'json'")
+        return value
 
     @field_validator("sns_client")
     @classmethod

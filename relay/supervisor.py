@@ -42,6 +42,8 @@ def worker_command(processes: int, threads: int) -> list[str]:
         str(threads),
         "--worker-shutdown-timeout",
         str(SHUTDOWN_TIMEOUT_MS),
+        # workers.actors configures logging itself (structlog; secret-logging libraries capped)
+        "--skip-logging",
     ]
 
 

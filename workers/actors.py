@@ -6,14 +6,15 @@ process; the broker is configured from the same settings as the producers (FACTS
 
 from __future__ import annotations
 
-import logging
 import os
 import threading
 from typing import Any
 
 import dramatiq
+import structlog
 from dramatiq.middleware import CurrentMessage
 
+from relay import logs
 from relay.dead_letters import DeadLetters
 from relay.errors import SnsUnavailable
 from relay.event import Event
@@ -24,7 +25,7 @@ from relay.store import RelayStore
 from workers.publisher import Publisher
 from workers.sns import gateway_for
 
-log = logging.getLogger(__name__)
+log = structlog.get_logger(__name__)
 
 BUG_MAX_RETRIES = 3
 """dramatiq's retries are a last resort for bugs (a bundle that cannot be decoded, a crash):
@@ -39,6 +40,7 @@ BUNDLE_TIME_LIMIT_MS = 15 * 60 * 1_000
 """Above the worst case of one bundle: 10 batches x the 20 s retry budget, plus Redis writes."""
 
 settings = Settings.load()
+logs.configure(settings.log_level, settings.log_format)
 broker = make_broker(settings)
 broker.add_middleware(CurrentMessage())
 dramatiq.set_broker(broker)
@@ -88,6 +90,6 @@ def publish_bundle(events: list[Any]) -> None:
         # of what this attempt already published.
         events[:] = [event.to_wire() for event in exc.remaining]
         this.store.settle(bundle_id, len(decoded) - len(exc.remaining))
-        log.warning("SNS unavailable, %d events wait for a retry: %s", len(exc.remaining), exc)
+        log.warning("sns unavailable", waiting_events=len(exc.remaining), error=str(exc))
         raise
     this.store.settle(bundle_id, len(decoded))
