@@ -202,6 +202,14 @@ def stats(as_json: bool) -> None:
     table.add_row("oldest waiting", "-" if age is None else f"{age:.1f} s")
     table.add_row("dead letters", str(figures["dead_letters"]))
     table.add_row("dead bundles (relay bugs)", str(figures["dead_bundles"]))
+    breakers = figures["open_breakers"]
+    table.add_row(
+        "SNS circuit",
+        "closed"
+        if not breakers
+        else f"open in {len(breakers)} processes: "
+        + "; ".join(sorted({b["reason"] for b in breakers.values()})),
+    )
     for reason, count in sorted(figures["dropped"].items()):
         table.add_row(f"dropped: {reason}", str(count))
     for name, count in sorted(figures["totals"].items()):

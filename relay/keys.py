@@ -34,6 +34,10 @@ class Keys:
     def delay_queue_messages(self) -> str:
         return f"{self.namespace}:{QUEUE_NAME}.DQ.msgs"
 
+    def ack_set(self, broker_id: str, queue_name: str) -> str:
+        """dramatiq's set of ids one worker process fetched from a queue and has not acked yet."""
+        return f"{self.namespace}:__acks__.{broker_id}.{queue_name}"
+
     @property
     def dramatiq_dead_letters(self) -> str:
         """dramatiq's own dead-letter zset: bundles that failed for a bug, not an SNS rejection."""
@@ -73,6 +77,14 @@ class Keys:
     def totals(self) -> str:
         """Hash of fleet-wide counters (enqueued, published, ...) for `relay stats`."""
         return f"{self.namespace}:relay:totals"
+
+    def breaker(self, process: str) -> str:
+        """One worker process's open circuit breaker (JSON), expiring unless refreshed."""
+        return f"{self.namespace}:relay:breaker:{process}"
+
+    @property
+    def breaker_pattern(self) -> str:
+        return f"{self.namespace}:relay:breaker:*"
 
     def webhook_seen(self, webhook_id: str) -> str:
         """Marks a webhook delivery id (`X-Webhook-Id`) as stored, for the dedup window."""

@@ -1,8 +1,9 @@
-"""The durable queue: Redis clients, dramatiq's broker, and the bundle writer producers use.
+"""The durable queue: Redis clients and the bundle writer producers use.
 
 Producers write bundles as dramatiq messages directly, in one MULTI/EXEC transaction per chunk
 (dramatiq's documented foreign-producer protocol, FACTS §9.3): one round trip for many bundles,
-and a failed write leaves nothing half-stored. Workers consume with dramatiq's RedisBroker.
+and a failed write leaves nothing half-stored. Workers consume them with dramatiq's Redis
+broker (workers/broker.py).
 """
 
 from __future__ import annotations
@@ -15,7 +16,6 @@ from uuid import uuid4
 
 import dramatiq
 import redis
-from dramatiq.brokers.redis import RedisBroker
 from redis.backoff import ExponentialBackoff
 from redis.retry import Retry
 
@@ -23,21 +23,6 @@ from relay.errors import QueueUnavailable
 from relay.event import Event
 from relay.keys import ACTOR_NAME, QUEUE_NAME, Keys
 from relay.settings import Settings
-
-HEARTBEAT_TIMEOUT_MS = 10_000
-"""A worker silent this long is presumed dead and its in-flight bundles are requeued.
-
-dramatiq's 60 s default makes a killed worker's bundles wait over a minute (FACTS §9.5). Live
-workers heartbeat about once a second (their delay-queue consumer polls even when busy), so 10 s
-leaves a wide margin against requeueing work that is merely slow (duplication path D2).
-"""
-
-MAINTENANCE_CHANCE = 100_000
-"""Per million dispatch calls: 10 %, so an idle fleet (about 2 calls/s per process) finds a dead
-worker within seconds of HEARTBEAT_TIMEOUT_MS instead of minutes at the 0.1 % default."""
-
-DEAD_MESSAGE_TTL_MS = 7 * 24 * 3600 * 1000
-"""dramatiq's own dead letters (bundles failed by a relay bug) are kept a week."""
 
 BUNDLE_MAX_EVENTS = 100
 BUNDLE_MAX_BYTES = 2 * 1024 * 1024
@@ -60,20 +45,6 @@ def redis_client(url: str, settings: Settings) -> redis.Redis:
         retry=Retry(ExponentialBackoff(cap=0.2, base=0.05), retries=1),
         health_check_interval=30,
     )
-
-
-def make_broker(settings: Settings, client: redis.Redis | None = None) -> RedisBroker:
-    """dramatiq's Redis broker in the relay's namespace with the relay's timing (see constants)."""
-    url = settings.require_redis_url()
-    broker = RedisBroker(  # type: ignore[no-untyped-call]
-        client=client or redis_client(url, settings),
-        namespace=settings.namespace,
-        heartbeat_timeout=HEARTBEAT_TIMEOUT_MS,
-        maintenance_chance=MAINTENANCE_CHANCE,
-        dead_message_ttl=DEAD_MESSAGE_TTL_MS,
-    )
-    broker.declare_queue(QUEUE_NAME)
-    return broker
 
 
 def bundles(events: Sequence[Event]) -> Iterator[Sequence[Event]]:

@@ -18,4 +18,5 @@ def collect(store: RelayStore) -> dict[str, Any]:
         "dead_bundles": store.dramatiq_dead_bundles(),
         "dropped": store.dropped_counts(),
         "totals": store.totals(),
+        "open_breakers": store.open_breakers(),
     }

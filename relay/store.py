@@ -159,3 +159,15 @@ class RelayStore:
         """Bundles dramatiq dead-lettered itself (a relay bug, not an SNS rejection)."""
         with translate_redis_errors(self.client):
             return int(self.client.zcard(self.keys.dramatiq_dead_letters))
+
+    def open_breakers(self) -> dict[str, dict[str, Any]]:
+        """Worker processes whose SNS circuit breaker is open or probing, with the reason."""
+        prefix = self.keys.breaker("")
+        with translate_redis_errors(self.client):
+            names = list(self.client.scan_iter(match=self.keys.breaker_pattern, count=1000))
+            values = self.client.mget(names) if names else []
+        return {
+            as_text(name).removeprefix(prefix): orjson.loads(value)
+            for name, value in zip(names, values, strict=True)
+            if value is not None
+        }

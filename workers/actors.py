@@ -1,4 +1,4 @@
-"""The dramatiq actor that publishes bundles, and the per-process publisher it uses.
+"""The dramatiq actor that publishes bundles, and the per-process parts it uses.
 
 `dramatiq workers.actors` (what `relay worker` runs) imports this module in every worker
 process; the broker is configured from the same settings as the producers (FACTS §9.16).
@@ -7,21 +7,27 @@ process; the broker is configured from the same settings as the producers (FACTS
 from __future__ import annotations
 
 import os
+import socket
 import threading
+import time
 from typing import Any
 
 import dramatiq
+import orjson
+import redis
 import structlog
-from dramatiq.middleware import CurrentMessage
+from dramatiq.middleware import CurrentMessage, Middleware
 
 from relay import logs
 from relay.dead_letters import DeadLetters
 from relay.errors import SnsUnavailable
 from relay.event import Event
 from relay.keys import ACTOR_NAME, QUEUE_NAME, Keys
-from relay.queue import make_broker, redis_client
+from relay.queue import BundleWriter, bundles, redis_client
 from relay.settings import Settings
 from relay.store import RelayStore
+from workers.breaker import CircuitBreaker, State
+from workers.broker import make_broker
 from workers.publisher import Publisher
 from workers.sns import gateway_for
 
@@ -29,21 +35,51 @@ log = structlog.get_logger(__name__)
 
 BUG_MAX_RETRIES = 3
 """dramatiq's retries are a last resort for bugs (a bundle that cannot be decoded, a crash):
-three, then dramatiq's own dead letters. SNS outages never count against this (see _retry_when)."""
+three, then dramatiq's own dead letters. SNS outages never reach them: the breaker holds."""
 
 RETRY_MIN_BACKOFF_MS = 1_000
 RETRY_MAX_BACKOFF_MS = 60_000
-"""While SNS is unavailable a bundle is retried at most a minute apart, so the backlog drains
-within a minute of SNS coming back (dramatiq's default would wait up to 7 days)."""
 
 BUNDLE_TIME_LIMIT_MS = 15 * 60 * 1_000
-"""Above the worst case of one bundle: 10 batches x the 20 s retry budget, plus Redis writes."""
+BREAKER_HOLD_S = 5 * 60.0
+"""A bundle held this long behind an open breaker goes back to the queue (as a new bundle of
+its unpublished events), well inside BUNDLE_TIME_LIMIT_MS."""
+
+BREAKER_RECORD_TTL_S = 120
+"""An open breaker's Redis record (for `relay stats`) outlives its refreshes by this much."""
 
 settings = Settings.load()
 logs.configure(settings.log_level, settings.log_format)
 broker = make_broker(settings)
-broker.add_middleware(CurrentMessage())
 dramatiq.set_broker(broker)
+keys = Keys(settings.namespace)
+process_name = f"{socket.gethostname()}:{os.getpid()}"
+
+
+def _record_breaker(state: State, reason: str) -> None:
+    """Best effort: `relay stats` shows open breakers; a Redis outage must not block the breaker."""
+    client = broker.client
+    try:
+        if state is State.CLOSED:
+            client.delete(keys.breaker(process_name))
+        else:
+            record = {"state": state.value, "reason": reason, "at_s": time.time()}
+            client.set(keys.breaker(process_name), orjson.dumps(record), ex=BREAKER_RECORD_TTL_S)
+    except redis.RedisError:
+        pass
+
+
+breaker = CircuitBreaker(on_change=_record_breaker)
+
+
+class StopHolding(Middleware):
+    """On shutdown, threads holding bundles behind an open breaker give them back at once."""
+
+    def before_worker_shutdown(self, broker: Any, worker: Any) -> None:
+        breaker.stop()
+
+
+broker.add_middleware(StopHolding())
 
 _publisher: Publisher | None = None
 _publisher_pid: int | None = None
@@ -56,7 +92,6 @@ def publisher() -> Publisher:
     with _publisher_lock:
         if _publisher is None or _publisher_pid != os.getpid():
             client = redis_client(settings.require_redis_url(), settings)
-            keys = Keys(settings.namespace)
             _publisher = Publisher(
                 settings, gateway_for(settings), RelayStore(client, keys), DeadLetters(client, keys)
             )
@@ -65,7 +100,7 @@ def publisher() -> Publisher:
 
 
 def _retry_when(retries: int, exception: BaseException) -> bool:
-    return isinstance(exception, SnsUnavailable) or retries < BUG_MAX_RETRIES
+    return retries < BUG_MAX_RETRIES
 
 
 @dramatiq.actor(
@@ -77,19 +112,30 @@ def _retry_when(retries: int, exception: BaseException) -> bool:
     time_limit=BUNDLE_TIME_LIMIT_MS,
 )
 def publish_bundle(events: list[Any]) -> None:
-    """Publish one bundle; see workers.publisher for what happens to each event."""
+    """Publish one bundle; every event ends published, dropped, dead-lettered, or back in Redis."""
     message = CurrentMessage.get_current_message()
     bundle_id = message.message_id if message is not None else ""
     this = publisher()
-    decoded = [Event.from_wire(item) for item in events]
-    try:
-        this.publish(decoded)
-    except SnsUnavailable as exc:
-        # dramatiq re-encodes this same args list when it schedules the retry, so trimming it
-        # in place makes the retry carry only the events SNS has not accepted: no duplicates
-        # of what this attempt already published.
-        events[:] = [event.to_wire() for event in exc.remaining]
-        this.store.settle(bundle_id, len(decoded) - len(exc.remaining))
-        log.warning("sns unavailable", waiting_events=len(exc.remaining), error=str(exc))
-        raise
-    this.store.settle(bundle_id, len(decoded))
+    pending = [Event.from_wire(item) for item in events]
+    total = len(pending)
+    hold_until = time.monotonic() + BREAKER_HOLD_S
+    while pending:
+        if not breaker.acquire(timeout_s=hold_until - time.monotonic()):
+            BundleWriter(this.store.client, keys).write(list(bundles(pending)))
+            log.info("bundle given back to the queue", events=len(pending), reason=breaker.reason)
+            break
+        try:
+            this.publish(pending)
+        except SnsUnavailable as exc:
+            breaker.failed(str(exc))
+            pending = exc.remaining
+            # Should this attempt end in an error, dramatiq retries this same args list:
+            # trimmed in place, the retry carries only what SNS has not accepted yet.
+            events[:] = [event.to_wire() for event in pending]
+            continue
+        except BaseException:
+            breaker.release()
+            raise
+        breaker.succeeded()
+        pending = []
+    this.store.settle(bundle_id, total)
