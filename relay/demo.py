@@ -83,11 +83,11 @@ def run_demo(
     valkey = start_valkey(data_dir)
     namespace = f"demo-{int(time.time())}"
     local = LocalSnsServer().start()
-    topic = local.state.create_topic(DEMO_TOPIC, DEMO_REGION, {})
+    topic_arn = local.create_topic(DEMO_TOPIC, DEMO_REGION)
     settings = Settings.load(
         redis_url=valkey.connection_url,
         namespace=namespace,
-        sns_topic_arn=topic.arn,
+        sns_topic_arn=topic_arn,
         sns_endpoint_url=local.url,
         sns_key=LOCAL_SNS_CREDENTIAL,
         sns_secret=LOCAL_SNS_CREDENTIAL,
@@ -96,7 +96,7 @@ def run_demo(
     )
     console.print(
         f"  Valkey (AOF on) {valkey.connection_url}   local SNS {local.url}   "
-        f"topic {topic.arn}   workers {processes}x{threads}"
+        f"topic {topic_arn}   workers {processes}x{threads}"
     )
     workers = _start_workers(settings, processes, threads, data_dir)
     try:

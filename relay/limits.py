@@ -38,6 +38,11 @@ def utf8_len(text: str) -> int:
     return len(text) if text.isascii() else len(text.encode("utf-8"))
 
 
+def attribute_bytes(name: str, data_type: str, value_bytes: int) -> int:
+    """Bytes one attribute of any data type adds: its name, its data type and its value."""
+    return utf8_len(name) + utf8_len(data_type) + value_bytes
+
+
 def attributes_bytes(attributes: Mapping[str, str]) -> int:
     """Bytes that String attributes add to a message: name, data type and value of each."""
     return sum(

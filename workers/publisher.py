@@ -40,6 +40,9 @@ PUBLISH_BACKOFF_MAX_S = 5.0
 """One batch gets at most 6 attempts within 20 s; botocore itself makes one attempt per call,
 so these are the only retries below dramatiq's (FACTS §5.1: one layer owns retries)."""
 
+TOO_LARGE_CODE = "BatchRequestTooLong"
+"""What SNS answers when a PublishBatch is over the topic's limit (FACTS §2)."""
+
 TOPIC_LIMIT_REFRESH_S = 300.0
 """How often a worker re-reads the topic's MaximumMessageSize (it can change at any time)."""
 
@@ -81,6 +84,15 @@ class TopicLimit:
                 self._refresh()
             assert self._value is not None
             return self._value
+
+    def invalidate(self) -> None:
+        """Make the next `bytes()` read the topic's limit from SNS again."""
+        with self._lock:
+            self._read_at = float("-inf")
+
+    def last_bytes(self) -> int:
+        """The limit last enforced, without a refresh."""
+        return self._value if self._value is not None else limits.SNS_DEFAULT_MAX_MESSAGE_BYTES
 
     def _refresh(self) -> None:
         topic = self.settings.require_topic_arn()
@@ -130,10 +142,7 @@ class Publisher:
         fitting = [event for event in events if event.size_bytes <= limit]
         too_large = [event for event in events if event.size_bytes > limit]
         if too_large:
-            self.store.record_drops(too_large, "too_large", limit)
-            self.store.add_totals(dropped=len(too_large))
-            metrics.EVENTS_DROPPED.labels("too_large").inc(len(too_large))
-            result.dropped += len(too_large)
+            self._drop(too_large, limit, result)
         batches = limits.pack_batches(fitting, lambda event: event.size_bytes, limit)
         for number, batch in enumerate(batches):
             try:
@@ -213,6 +222,14 @@ class Publisher:
             raise SnsUnavailable(f"SNS refused the request: {code}", list(remaining.values()))
         # SNS rejected the whole request for its content: find the culprit by sending alone.
         metrics.PUBLISH_REQUESTS.labels("rejected").inc()
+        if len(remaining) == 1 and code == TOO_LARGE_CODE:
+            # One event over a limit we believed it fit: the topic's limit shrank. A size drop
+            # (recorded), not a dead letter; and re-read the limit before the next bundle.
+            (event,) = remaining.values()
+            remaining.clear()
+            self.limit.invalidate()
+            self._drop([event], self.limit.last_bytes(), result)
+            return
         if len(remaining) == 1:
             (event,) = remaining.values()
             remaining.clear()
@@ -222,6 +239,12 @@ class Publisher:
         remaining.clear()
         for event in alone:
             self._publish_batch([event], result)
+
+    def _drop(self, events: Sequence[Event], limit: int, result: BundleResult) -> None:
+        self.store.record_drops(events, "too_large", limit)
+        self.store.add_totals(dropped=len(events))
+        metrics.EVENTS_DROPPED.labels("too_large").inc(len(events))
+        result.dropped += len(events)
 
     def _settled(
         self, accepted: Sequence[Event], rejected: Sequence[DeadLetter], result: BundleResult
