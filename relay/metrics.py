@@ -96,3 +96,11 @@ def multiprocess_registry(path: str) -> CollectorRegistry:
     registry = CollectorRegistry()
     multiprocess.MultiProcessCollector(registry, path=path)  # type: ignore[no-untyped-call]
     return registry
+
+
+INGEST_REQUEST_DURATION = Histogram(
+    "relay_ingest_request_duration_seconds",
+    "Duration of HTTP requests to the ingest, from their headers to their answer, by status.",
+    ["status"],
+    buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 6),
+)

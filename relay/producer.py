@@ -31,7 +31,7 @@ TOPIC_LIMIT_CACHE_S = 30.0
 """How long a producer reuses the topic limit it read from Redis before reading it again."""
 
 Payload = bytes | str | Mapping[str, Any]
-Status = Literal["enqueued", "dropped", "invalid"]
+Status = Literal["enqueued", "dropped", "invalid", "unavailable"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -173,8 +173,8 @@ class Producer:
     ) -> None:
         """Store already-built events (ingest's path), recording `dropped` ones in the same writes.
 
-        Raises QueueUnavailable; with a `report`, outcomes of events not stored become "invalid"
-        with detail "queue unavailable" before it propagates.
+        Raises QueueUnavailable; with a `report`, outcomes of events not stored become
+        "unavailable" (detail "queue unavailable") before it propagates.
         """
         limit = limit_bytes if limit_bytes is not None else self.max_message_bytes()
         chunks = _transactions(events)
@@ -189,7 +189,7 @@ class Producer:
             if report is not None:
                 unstored = {event.id for event in events[stored:]}
                 report.outcomes[:] = [
-                    Outcome(o.index, o.event_id, "invalid", "queue unavailable")
+                    Outcome(o.index, o.event_id, "unavailable", "queue unavailable")
                     if o.event_id in unstored
                     else o
                     for o in report.outcomes

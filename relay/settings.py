@@ -40,6 +40,8 @@ class Settings(BaseSettings):
     sns_region: str | None = None
     sns_endpoint_url: str | None = None
     sns_client: str = "boto3"
+    """`boto3` (botocore's client for every call) or `lean` (PublishBatch encoded, signed with
+    botocore's SigV4 and sent by the relay itself; every other call through botocore)."""
 
     max_message_bytes: int | None = None
     """A cap below the topic's own limit; unset: the topic's `MaximumMessageSize` (or 262,144)."""
@@ -91,8 +93,8 @@ class Settings(BaseSettings):
     @field_validator("sns_client")
     @classmethod
     def _client_kind(cls, value: str) -> str:
-        if value not in ("boto3",):
-            raise ValueError("must be 'boto3'")
+        if value not in ("boto3", "lean"):
+            raise ValueError("must be 'boto3' or 'lean'")
         return value
 
     @model_validator(mode="after")

@@ -18,6 +18,8 @@ from relay.keys import DROPPED_LOG_MAX_ENTRIES, Keys
 from relay.queue import as_text, translate_redis_errors
 
 TOPIC_LIMIT_TTL_S = 3_600
+SETTLE_ALL = 2**31 - 1
+"""More events than any bundle holds: the settle script never takes more than was recorded."""
 """Producers trust a topic limit the workers recorded this recently; workers refresh it often."""
 
 # Settling is idempotent per bundle: a bundle processed twice (a worker killed after publishing,
@@ -112,7 +114,12 @@ class RelayStore:
         return {as_text(key): int(value) for key, value in raw.items()}
 
     def settle(self, bundle_id: str, events: int) -> int:
-        """Take `events` of bundle `bundle_id` off the pending count; return how many it took."""
+        """Take `events` of bundle `bundle_id` off the pending count; return how many it took.
+
+        Raises ValueError for a negative count.
+        """
+        if events < 0:
+            raise ValueError(f"cannot settle a negative count ({events})")
         with translate_redis_errors(self.client):
             return int(
                 self._settle(
@@ -120,6 +127,10 @@ class RelayStore:
                     args=[bundle_id, events],
                 )
             )
+
+    def settle_all(self, bundle_id: str) -> int:
+        """Take whatever bundle `bundle_id` still counts off the pending count."""
+        return self.settle(bundle_id, SETTLE_ALL)
 
     def pending_events(self) -> int:
         """Events enqueued and not yet published, dropped or dead-lettered."""

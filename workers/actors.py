@@ -117,7 +117,6 @@ def publish_bundle(events: list[Any]) -> None:
     bundle_id = message.message_id if message is not None else ""
     this = publisher()
     pending = [Event.from_wire(item) for item in events]
-    total = len(pending)
     hold_until = time.monotonic() + BREAKER_HOLD_S
     while pending:
         if not breaker.acquire(timeout_s=hold_until - time.monotonic()):
@@ -138,4 +137,6 @@ def publish_bundle(events: list[Any]) -> None:
             raise
         breaker.succeeded()
         pending = []
-    this.store.settle(bundle_id, total)
+    # Everything the bundle still counts as pending is settled, including events an earlier
+    # attempt published before this retry was trimmed to the rest.
+    this.store.settle_all(bundle_id)

