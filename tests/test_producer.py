@@ -608,7 +608,7 @@ def test_send_many_failing_in_a_later_transaction_reports_what_was_stored(
     assert len(calls) == 2
     report = caught.value.report
     assert isinstance(report, producer_module.SendReport)
-    assert [o.status for o in report.outcomes] == ["enqueued"] * 2 + ["invalid"] * 4
+    assert [o.status for o in report.outcomes] == ["enqueued"] * 2 + ["unavailable"] * 4
     assert {o.detail for o in report.outcomes[2:]} == {"queue unavailable"}
     stored = [event.id for event in queued_events(redis_client, keys)]
     assert stored == [o.event_id for o in report.outcomes[:2]]
