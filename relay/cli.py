@@ -17,6 +17,7 @@ from typing import IO, Any, TypeVar
 
 import click
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from relay.errors import ConfigError, QueueUnavailable
@@ -34,7 +35,7 @@ F = TypeVar("F", bound=Callable[..., Any])
 
 
 def fail(message: str, code: int) -> None:
-    console.print(f"[red]error:[/red] {message}", highlight=False)
+    console.print(f"[red]error:[/red] {escape(message)}", highlight=False)
     sys.exit(code)
 
 
@@ -131,7 +132,7 @@ def send(source: IO[bytes], quiet: bool) -> None:
             TextColumn("events"),
             TimeElapsedColumn(),
             console=console,
-            disable=quiet,
+            disable=quiet or not console.is_terminal,
         ) as progress,
     ):
         task = progress.add_task("send", total=None)
@@ -158,7 +159,7 @@ def send(source: IO[bytes], quiet: bool) -> None:
         if chunk:
             flush()
     for problem in problems[:20]:
-        console.print(problem, highlight=False)
+        console.print(problem, highlight=False, markup=False)
     if len(problems) > 20:
         console.print(f"... and {len(problems) - 20} more", highlight=False)
     click.echo(f"enqueued {enqueued}, dropped {dropped} (over the size limit), invalid {invalid}")
@@ -217,13 +218,14 @@ def stats(as_json: bool) -> None:
     Console().print(table)
     if figures["recent_drops"]:
         drops = Table(title="recent drops")
-        for column in ("event id", "type", "reason", "size", "limit", "when"):
+        drops.add_column("event id", overflow="fold")  # ids are copied into other commands whole
+        for column in ("type", "reason", "size", "limit", "when"):
             drops.add_column(column)
         for record in figures["recent_drops"]:
             drops.add_row(
-                record["event_id"],
-                str(record["event_type"]),
-                record["reason"],
+                escape(record["event_id"]),
+                escape(str(record["event_type"])),
+                escape(record["reason"]),
                 str(record["size_bytes"]),
                 str(record["limit_bytes"]),
                 time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(record["at_s"])),
@@ -289,13 +291,14 @@ def dlq_list(event_type: str | None, older_than: str | None, limit: int, as_json
         )
         return
     table = Table(title=f"dead letters ({store.depth()} in all)")
-    for column in ("event id", "type", "error", "when"):
+    table.add_column("event id", overflow="fold")  # ids are copied into other commands whole
+    for column in ("type", "error", "when"):
         table.add_column(column)
     for dl in letters:
         table.add_row(
-            dl.event.id,
-            str(dl.event.type),
-            f"{dl.code}: {dl.message[:60]}",
+            escape(dl.event.id),
+            escape(str(dl.event.type)),
+            escape(f"{dl.code}: {dl.message[:60]}"),
             time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(dl.at_s)),
         )
     Console().print(table)
@@ -379,6 +382,10 @@ def dlq_purge(event_ids: tuple[str, ...], purge_all: bool, yes: bool) -> None:
     if bool(event_ids) == purge_all:
         fail("give event ids, or --all", EXIT_USAGE)
     store = _dead_letters(settings_or_exit())
+    if not purge_all:
+        missing = set(event_ids) - {dl.event.id for dl in store.get(list(event_ids))}
+        if missing:
+            fail(f"no dead letter with id {', '.join(sorted(missing))}", EXIT_PROBLEM)
     if purge_all and not yes:
         click.confirm(f"delete all {store.depth()} dead letters?", abort=True)
     removed = store.purge(None if purge_all else list(event_ids))

