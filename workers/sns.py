@@ -36,6 +36,7 @@ from botocore.exceptions import (
 )
 from botocore.exceptions import ConnectionError as BotoConnectionError
 from botocore.exceptions import ValidationError as BotoValidationError
+from botocore.parsers import ResponseParserError
 
 from relay import limits
 from relay.settings import Settings
@@ -161,6 +162,9 @@ def classify_error(exc: BaseException) -> ErrorKind:
         return _classify_client_error(exc)
     if isinstance(exc, HTTPClientError | BotoConnectionError | IncompleteReadError):
         # Timeouts, refused or reset connections, truncated responses.
+        return ErrorKind.TRANSIENT
+    if isinstance(exc, ResponseParserError):
+        # An answer that is not SNS's XML: a proxy's or load balancer's error page.
         return ErrorKind.TRANSIENT
     if isinstance(exc, ParamValidationError | BotoValidationError | UnknownClientMethodError):
         return ErrorKind.RELAY_BUG
@@ -435,7 +439,9 @@ def gateway_for(
 ) -> SnsGateway:
     """This process's gateway for `settings`, made on first use and shared by its threads.
 
-    Clients must not cross a fork, so the cache is per process id and emptied in a forked child.
+    `settings.sns_client` "lean" gives a `workers.sns_lean.LeanSnsGateway` (PublishBatch sent
+    by the relay itself), "boto3" a plain SnsGateway. Clients and connections must not cross a
+    fork, so the cache is per process id and emptied in a forked child.
     """
     pid = os.getpid()
     key = (pid, settings, max_pool_connections)
@@ -448,7 +454,15 @@ def gateway_for(
         if gateway is None:
             for stale in [k for k in _gateways if k[0] != pid]:
                 del _gateways[stale]
-            gateway = SnsGateway(make_client(settings, max_pool_connections=max_pool_connections))
+            if settings.sns_client == "lean":
+                # Imported here: sns_lean builds on this module.
+                from workers.sns_lean import make_lean_gateway
+
+                gateway = make_lean_gateway(settings, max_pool_connections=max_pool_connections)
+            else:
+                gateway = SnsGateway(
+                    make_client(settings, max_pool_connections=max_pool_connections)
+                )
             _gateways[key] = gateway
         return gateway
 

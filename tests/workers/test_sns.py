@@ -682,3 +682,10 @@ def test_secrets_never_in_reprs_or_errors(aws: None) -> None:
     for text in texts:
         for secret in SECRETS:
             assert secret not in text
+
+
+def test_an_answer_that_is_not_sns_xml_is_transient() -> None:
+    """A proxy's HTML error page (ResponseParserError) is retried, never dead-lettered."""
+    from botocore.parsers import ResponseParserError
+
+    assert classify_error(ResponseParserError("Unable to parse response")) is ErrorKind.TRANSIENT
