@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 export PYTHONDONTWRITEBYTECODE := 1
 
-.PHONY: install demo test faults lint typecheck check bench clean
+.PHONY: install demo test faults lint typecheck check bench clean deploy-deps
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -39,6 +39,18 @@ check: lint typecheck test
 ## make bench: throughput against baselines measured in the same run
 bench: install
 	$(BIN)/python -m benchmarks.run
+
+SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+
+## make deploy-deps: the Debian tools tests/deploy runs (promtool and the Prometheus server)
+deploy-deps:
+	@if command -v promtool >/dev/null && command -v prometheus >/dev/null; then \
+		echo "promtool and prometheus are installed"; \
+	else \
+		$(SUDO) apt-get update && \
+		$(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends prometheus && \
+		if [ -d /run/systemd/system ]; then $(SUDO) systemctl disable --now prometheus || true; fi; \
+	fi
 
 clean:
 	rm -rf $(VENV) .relay .pytest_cache .mypy_cache .ruff_cache .hypothesis

@@ -25,7 +25,12 @@ class Settings(BaseSettings):
     """All of the relay's settings. Build with `Settings.load()` for errors that name variables."""
 
     model_config = SettingsConfigDict(
-        env_prefix=ENV_PREFIX, env_file=".env", extra="ignore", frozen=True
+        env_prefix=ENV_PREFIX,
+        env_file=".env",
+        extra="ignore",
+        frozen=True,
+        # An empty variable (common in manifests and compose files) means unset, never "".
+        env_ignore_empty=True,
     )
 
     redis_url: str | None = Field(default=None, repr=False)  # may hold a password
