@@ -392,6 +392,31 @@ def dlq_purge(event_ids: tuple[str, ...], purge_all: bool, yes: bool) -> None:
     click.echo(f"purged {removed} dead letters")
 
 
+@main.command()
+@click.option("--host", default="127.0.0.1", show_default=True)
+@click.option("--port", default=8080, show_default=True, type=int)
+@click.option(
+    "--insecure-no-signature",
+    is_flag=True,
+    help="Accept unsigned requests when RELAY_WEBHOOK_SECRET is unset (local use only).",
+)
+def ingest(host: str, port: int, insecure_no_signature: bool) -> None:
+    """The HTTP ingest: POST /events (signed webhooks), /healthz, /readyz, /metrics."""
+    from relay.ingest.server import serve
+
+    settings = settings_or_exit()
+    try:
+        serve(
+            settings,
+            host,
+            port,
+            insecure_no_signature=insecure_no_signature,
+            log_level=settings.log_level.lower(),
+        )
+    except ConfigError as exc:
+        fail(str(exc), EXIT_USAGE)
+
+
 @main.command("local-sns")
 @click.option("--host", default="127.0.0.1", show_default=True)
 @click.option("--port", default=None, type=int, help="Default: the local SNS default port.")

@@ -1,0 +1,211 @@
+"""Group commit: concurrent deliveries are stored together, atomically, in one round trip per batch.
+
+A delivery (one request's events, its oversize events to record as dropped, and its webhook id)
+waits at most a short linger for company; then its batch is written by one Lua script that
+checks the batch's seen-markers and, only if none is set, runs every write: the events as
+bundles, the drop records, the totals, and last the seen-markers. So a delivery is marked seen
+only in the script that stores it, and a duplicate racing in from another ingest process is
+found by that check rather than stored twice. When the check finds markers, nothing is written;
+the batch is rebuilt without those deliveries and written again.
+
+The writes themselves are what BundleWriter and RelayStore queue (the one home of the queue's
+layout); a CommandRecorder stands in for their pipeline and hands the commands to the script.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import redis.asyncio
+
+from relay import metrics
+from relay.errors import QueueUnavailable
+from relay.event import Event
+from relay.ingest.batcher import Batcher
+from relay.keys import Keys
+from relay.queue import TRANSACTION_MAX_BYTES, BundleWriter, bundles
+from relay.store import RelayStore
+
+log = logging.getLogger(__name__)
+
+DEFAULT_LINGER_S = 0.001
+"""Under load, how long a batch gathers deliveries; what it adds to a request's latency."""
+DEFAULT_MAX_BATCH_EVENTS = 500
+DEFAULT_MAX_IN_FLIGHT = 1
+"""Batches written at once; while one runs, new deliveries gather into the next, bigger one."""
+CHECK_ATTEMPTS = 5
+"""Each attempt that finds seen-markers drops their deliveries, so the batch only shrinks."""
+DROP_RECORDS_PER_COMMAND = 1_000
+REDIS_FAILURES = (redis.RedisError, TimeoutError, OSError)
+"""What a Redis call can fail with when the server is down, slow, loading or out of memory."""
+
+# KEYS: the batch's seen-markers. ARGV: the markers' TTL, then the writes, each as its
+# argument count followed by the command. A Redis out of memory refuses the script at its
+# first write, before anything is stored; and the markers come last, so a script failing
+# halfway could leave events unmarked (a duplicate on the sender's retry) but never a marker
+# without its events (a loss).
+_CHECK_AND_WRITE_LUA = """
+local seen = {}
+for index, key in ipairs(KEYS) do
+  if redis.call('exists', key) == 1 then seen[#seen + 1] = index end
+end
+if #seen > 0 then return seen end
+local at = 2
+while at <= #ARGV do
+  local argc = tonumber(ARGV[at])
+  redis.call(unpack(ARGV, at + 1, at + argc))
+  at = at + argc + 1
+end
+for _, key in ipairs(KEYS) do
+  redis.call('set', key, '1', 'EX', ARGV[1])
+end
+return seen
+"""
+
+
+@dataclass(frozen=True, slots=True)
+class Delivery:
+    """One request's share of a batch."""
+
+    webhook_id: str | None
+    events: Sequence[Event]
+    dropped: Sequence[Event] = ()
+    limit_bytes: int = 0
+
+    @property
+    def size_bytes(self) -> int:
+        return sum(event.size_bytes for event in self.events)
+
+    @property
+    def weight(self) -> int:
+        """How much of a batch's event budget this delivery takes (at least one)."""
+        return max(1, len(self.events) + len(self.dropped))
+
+
+class CommandRecorder:
+    """Stands in for a pipeline: every command called on it is recorded, flat, for the script."""
+
+    def __init__(self, *leading: Any) -> None:
+        self.args: list[Any] = list(leading)
+
+    def __getattr__(self, name: str) -> Callable[..., CommandRecorder]:
+        def record(*args: Any) -> CommandRecorder:
+            self.args += [len(args) + 1, name.upper(), *args]
+            return self
+
+        return record
+
+
+def unavailable(exc: BaseException) -> QueueUnavailable:
+    """The error a request sees when Redis failed: the kind of failure, never the URL."""
+    kind = "timed out" if isinstance(exc, TimeoutError) else type(exc).__name__
+    return QueueUnavailable(f"Redis is unavailable ({kind}); nothing was stored")
+
+
+class GroupCommitter:
+    """Coalesces deliveries into batches; `submit` says stored (True) or duplicate (False).
+
+    `writer` and `store` are only asked to queue their commands, on a CommandRecorder.
+    """
+
+    def __init__(
+        self,
+        client: redis.asyncio.Redis,
+        keys: Keys,
+        writer: BundleWriter,
+        store: RelayStore,
+        *,
+        dedup_ttl_s: int,
+        timeout_s: float,
+        linger_s: float = DEFAULT_LINGER_S,
+        max_batch_events: int = DEFAULT_MAX_BATCH_EVENTS,
+        max_in_flight: int = DEFAULT_MAX_IN_FLIGHT,
+    ) -> None:
+        self.keys = keys
+        self.writer = writer
+        self.store = store
+        self.dedup_ttl_s = dedup_ttl_s
+        self.timeout_s = timeout_s
+        self._script = client.register_script(_CHECK_AND_WRITE_LUA)
+        self._batcher: Batcher[Delivery, bool] = Batcher(
+            self._commit,
+            linger_s=linger_s,
+            max_weight=max_batch_events,
+            max_bytes=TRANSACTION_MAX_BYTES,
+            max_in_flight=max_in_flight,
+        )
+
+    def submit(self, delivery: Delivery) -> asyncio.Future[bool]:
+        """Store `delivery` with its batch: the future's result, or QueueUnavailable when that
+        batch fails."""
+        return self._batcher.submit(delivery, delivery.weight, delivery.size_bytes)
+
+    async def close(self) -> None:
+        """Write what is pending and wait for every batch in flight."""
+        await self._batcher.close()
+
+    async def _commit(self, batch: Sequence[Delivery]) -> list[bool]:
+        try:
+            async with asyncio.timeout(self.timeout_s):
+                return await self._write(batch)
+        except REDIS_FAILURES as exc:
+            log.warning(
+                "a batch of %d deliveries failed: %s: %s", len(batch), type(exc).__name__, exc
+            )
+            raise unavailable(exc) from None
+
+    async def _write(self, batch: Sequence[Delivery]) -> list[bool]:
+        """Write the batch; per delivery, True if written, False if it is a duplicate."""
+        # Several deliveries with one webhook id in one batch: the first is written, the
+        # others answer as duplicates of it (and fail with it).
+        first_of: dict[str, int] = {}
+        for index, delivery in enumerate(batch):
+            if delivery.webhook_id is not None:
+                first_of.setdefault(delivery.webhook_id, index)
+        fresh = [
+            index
+            for index, delivery in enumerate(batch)
+            if delivery.webhook_id is None or first_of[delivery.webhook_id] == index
+        ]
+        for _attempt in range(CHECK_ATTEMPTS):
+            if not fresh:
+                return [False] * len(batch)
+            ids = [wid for i in fresh if (wid := batch[i].webhook_id) is not None]
+            seen = await self._script(
+                keys=[self.keys.webhook_seen(webhook_id) for webhook_id in ids],
+                args=self._commands([batch[index] for index in fresh]),
+            )
+            if not seen:
+                self._count([batch[index] for index in fresh])
+                written = set(fresh)
+                return [index in written for index in range(len(batch))]
+            duplicates = {ids[position - 1] for position in seen}  # Lua counts from 1
+            fresh = [i for i in fresh if batch[i].webhook_id not in duplicates]
+        raise redis.RedisError("webhook ids kept turning out to be duplicates")
+
+    def _commands(self, deliveries: Sequence[Delivery]) -> list[Any]:
+        """The script's ARGV: the TTL, then the writes that store `deliveries`."""
+        recorder = CommandRecorder(self.dedup_ttl_s)
+        events = [event for delivery in deliveries for event in delivery.events]
+        self.writer.write(list(bundles(events)), pipe=recorder)
+        dropped = 0
+        for delivery in deliveries:
+            # In chunks: Lua's unpack takes at most about 8,000 values, so one LPUSH of every
+            # drop record of a huge array could fail the batch on every retry.
+            for start in range(0, len(delivery.dropped), DROP_RECORDS_PER_COMMAND):
+                chunk = delivery.dropped[start : start + DROP_RECORDS_PER_COMMAND]
+                self.store.record_drops(chunk, "too_large", delivery.limit_bytes, pipe=recorder)
+            dropped += len(delivery.dropped)
+        self.store.add_totals(recorder, enqueued=len(events), dropped=dropped)
+        return recorder.args
+
+    def _count(self, deliveries: Sequence[Delivery]) -> None:
+        enqueued = sum(len(delivery.events) for delivery in deliveries)
+        dropped = sum(len(delivery.dropped) for delivery in deliveries)
+        metrics.EVENTS_ENQUEUED.inc(enqueued)
+        if dropped:
+            metrics.EVENTS_DROPPED.labels("too_large").inc(dropped)

