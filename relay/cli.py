@@ -434,16 +434,38 @@ def local_sns(host: str, port: int | None, record_file: Path | None) -> None:
 @main.command()
 @click.option("--processes", "-p", default=2, show_default=True)
 @click.option("--threads", "-t", default=8, show_default=True)
-def up(processes: int, threads: int) -> None:
-    """Workers (and an embedded durable Valkey when RELAY_REDIS_URL is unset), in one supervisor."""
+@click.option("--host", default="127.0.0.1", show_default=True, help="The ingest's address.")
+@click.option("--port", default=8080, show_default=True, type=int, help="The ingest's port.")
+@click.option(
+    "--insecure-no-signature",
+    is_flag=True,
+    help="Let the ingest accept unsigned requests when RELAY_WEBHOOK_SECRET is unset.",
+)
+def up(processes: int, threads: int, host: str, port: int, insecure_no_signature: bool) -> None:
+    """Ingest and workers in one supervisor (with an embedded durable Valkey when
+    RELAY_REDIS_URL is unset)."""
     from relay.up import run_up
 
     settings = settings_or_exit(embedded_ok=True)
     try:
         settings.require_topic_arn()
+        if settings.webhook_secret is None and not insecure_no_signature:
+            raise ConfigError(
+                "RELAY_WEBHOOK_SECRET is not set: the ingest refuses unsigned webhooks "
+                "(pass --insecure-no-signature for local use)"
+            )
     except ConfigError as exc:
         fail(str(exc), EXIT_USAGE)
-    sys.exit(run_up(settings, processes, threads))
+    sys.exit(
+        run_up(
+            settings,
+            processes,
+            threads,
+            ingest_host=host,
+            ingest_port=port,
+            insecure_no_signature=insecure_no_signature,
+        )
+    )
 
 
 @main.command()

@@ -1,22 +1,27 @@
 """`relay demo`: the whole relay on embedded defaults, shown working on a spike of Stream events.
 
-Starts a durable Valkey under ./.relay/, the local SNS endpoint, and `relay worker` processes;
-enqueues the spike with a progress bar; waits until every event is accounted for; checks what
-the topic received against what was sent; prints a summary. Exit 1 if any event is unaccounted
-for or any body differs.
+Starts a durable Valkey under ./.relay/, the local SNS endpoint, `relay ingest` and `relay worker`
+processes; posts the spike to the ingest as signed webhooks, as Stream would, with a progress
+bar; waits until every event is accounted for; checks what the topic received against what was
+sent; prints a summary. Exit 1 if any event is unaccounted for or any body differs.
 """
 
 from __future__ import annotations
 
 import os
+import secrets
 import socket
 import statistics
 import subprocess
 import sys
+import threading
 import time
+import urllib.request
 from collections import Counter
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import IO
 
 import redis
 from rich.console import Console
@@ -25,15 +30,17 @@ from rich.table import Table
 
 from relay import demo_events
 from relay.embedded import start_valkey, stop_valkey
+from relay.ingest.client import WebhookSender
 from relay.keys import Keys
 from relay.local_sns import LocalSnsServer
-from relay.producer import Producer
 from relay.settings import Settings
 from relay.store import RelayStore
 
 DEMO_REGION = "us-east-1"
 DEMO_TOPIC = "stream-events"
-SEND_CHUNK_EVENTS = 500
+SENDER_THREADS = 8
+"""Concurrent keep-alive connections posting the spike, like a webhook sender's pool."""
+START_TIMEOUT_S = 30.0
 LOCAL_SNS_CREDENTIAL = "demo"
 """The local SNS checks no signature; botocore still wants some credentials to sign with."""
 DELIVERY_TIMEOUT_S = 120.0
@@ -44,7 +51,7 @@ DELIVERY_TIMEOUT_S = 120.0
 class DemoResult:
     sent: int = 0
     enqueued: int = 0
-    dropped_at_producer: int = 0
+    dropped_at_ingest: int = 0
     invalid: int = 0
     published: int = 0
     received: int = 0
@@ -98,15 +105,25 @@ def run_demo(
         f"  Valkey (AOF on) {valkey.connection_url}   local SNS {local.url}   "
         f"topic {topic_arn}   workers {processes}x{threads}"
     )
-    workers = _start_workers(settings, processes, threads, data_dir)
+    secret = secrets.token_hex(16)
+    env = _relay_env(settings, secret)
+    ingest_url = f"http://127.0.0.1:{_free_port()}"
+    log = (data_dir / "demo.log").open("ab")
+    ingest = _start(["ingest", "--port", ingest_url.rsplit(":", 1)[1]], env, log)
+    workers = _start(["worker", "-p", str(processes), "-t", str(threads)], env, log)
     try:
-        result = _drive(settings, local, events, console)
+        _wait_until_up(ingest_url, ingest)
+        console.print(f"  ingest {ingest_url}   logs {data_dir / 'demo.log'}")
+        result = _drive(settings, local, ingest_url, secret, events, console)
     finally:
-        workers.terminate()
-        try:
-            workers.wait(timeout=60)
-        except subprocess.TimeoutExpired:
-            workers.kill()
+        for process in (ingest, workers):
+            process.terminate()
+        for process in (ingest, workers):
+            try:
+                process.wait(timeout=60)
+            except subprocess.TimeoutExpired:
+                process.kill()
+        log.close()
         local.stop()
         _forget_namespace(valkey.connection_url, namespace)
         stop_valkey(valkey, data_dir)
@@ -114,13 +131,9 @@ def run_demo(
     return 0 if result.accounted else 1
 
 
-def _start_workers(
-    settings: Settings, processes: int, threads: int, data_dir: Path
-) -> subprocess.Popen[bytes]:
-    env = dict(os.environ)
-    for name in list(env):
-        if name.startswith("RELAY_"):
-            del env[name]
+def _relay_env(settings: Settings, webhook_secret: str) -> dict[str, str]:
+    """The demo's settings as RELAY_* variables for its ingest and worker processes."""
+    env = {name: value for name, value in os.environ.items() if not name.startswith("RELAY_")}
     env.update(
         RELAY_REDIS_URL=settings.require_redis_url(),
         RELAY_NAMESPACE=settings.namespace,
@@ -129,17 +142,43 @@ def _start_workers(
         RELAY_SNS_KEY=LOCAL_SNS_CREDENTIAL,
         RELAY_SNS_SECRET=LOCAL_SNS_CREDENTIAL,
         RELAY_METRICS_PORT=str(settings.metrics_port),
+        RELAY_WEBHOOK_SECRET=webhook_secret,
+        RELAY_LOG_LEVEL="WARNING",
     )
-    log = (data_dir / "demo-workers.log").open("ab")
+    return env
+
+
+def _start(args: list[str], env: dict[str, str], log: IO[bytes]) -> subprocess.Popen[bytes]:
     return subprocess.Popen(
-        [sys.executable, "-m", "relay.cli", "worker", "-p", str(processes), "-t", str(threads)],
-        env=env,
-        stdout=log,
-        stderr=subprocess.STDOUT,
+        [sys.executable, "-m", "relay.cli", *args], env=env, stdout=log, stderr=subprocess.STDOUT
     )
 
 
-def _drive(settings: Settings, local: LocalSnsServer, count: int, console: Console) -> DemoResult:
+def _wait_until_up(url: str, process: subprocess.Popen[bytes]) -> None:
+    """Poll /healthz until the ingest answers; raise if it exits or takes too long."""
+    deadline = time.monotonic() + START_TIMEOUT_S
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise RuntimeError(f"the ingest exited with code {process.returncode} (see the log)")
+        try:
+            # the URL is the demo's own http://127.0.0.1 ingest
+            with urllib.request.urlopen(f"{url}/healthz", timeout=1) as answer:  # noqa: S310
+                if answer.status == 200:
+                    return
+        except OSError:
+            pass
+        time.sleep(0.05)  # start-up poll cadence
+    raise RuntimeError(f"the ingest did not answer on {url} within {START_TIMEOUT_S} s")
+
+
+def _drive(
+    settings: Settings,
+    local: LocalSnsServer,
+    ingest_url: str,
+    secret: str,
+    count: int,
+    console: Console,
+) -> DemoResult:
     result = DemoResult(sent=count)
     sent_bodies: dict[str, bytes] = {}
     sent_at: dict[str, float] = {}
@@ -149,23 +188,34 @@ def _drive(settings: Settings, local: LocalSnsServer, count: int, console: Conso
         MofNCompleteColumn(),
         TimeElapsedColumn(),
     )
-    with Producer(settings) as producer, Progress(*columns, console=console) as progress:
-        store = RelayStore(producer.client, Keys(settings.namespace))
-        enqueue_task = progress.add_task("enqueued", total=count)
+    bodies = list(demo_events.generate(count))
+    ids = [f"demo-{index:07d}" for index in range(count)]
+    local_senders = threading.local()
+
+    def post(index: int) -> int:
+        sender = getattr(local_senders, "sender", None)
+        if sender is None:
+            sender = local_senders.sender = WebhookSender(ingest_url, secret)
+        sent_at[ids[index]] = time.time()
+        status, _ = sender.post(bodies[index], webhook_id=ids[index])
+        return status
+
+    with Progress(*columns, console=console) as progress:
+        store = RelayStore(
+            redis.Redis.from_url(settings.require_redis_url()), Keys(settings.namespace)
+        )
+        enqueue_task = progress.add_task("posted", total=count)
         started = time.time()
-        bodies = list(demo_events.generate(count, max_message_bytes=producer.max_message_bytes()))
-        for start in range(0, count, SEND_CHUNK_EVENTS):
-            chunk = bodies[start : start + SEND_CHUNK_EVENTS]
-            now = time.time()
-            report = producer.send_many(chunk, source="demo")
-            for outcome in report.outcomes:
-                if outcome.status == "enqueued" and outcome.event_id:
-                    sent_bodies[outcome.event_id] = chunk[outcome.index]
-                    sent_at[outcome.event_id] = now
-            result.enqueued += report.enqueued
-            result.dropped_at_producer += report.dropped
-            result.invalid += report.invalid
-            progress.advance(enqueue_task, len(chunk))
+        with ThreadPoolExecutor(SENDER_THREADS) as pool:
+            for index, status in enumerate(pool.map(post, range(count), chunksize=64)):
+                if status in (200, 202):
+                    result.enqueued += 1
+                    sent_bodies[ids[index]] = bodies[index]
+                elif status == 413:
+                    result.dropped_at_ingest += 1
+                else:
+                    result.invalid += 1
+                progress.advance(enqueue_task)
         publish_task = progress.add_task("published", total=result.enqueued)
         deadline = time.monotonic() + DELIVERY_TIMEOUT_S
         while time.monotonic() < deadline:
@@ -177,8 +227,9 @@ def _drive(settings: Settings, local: LocalSnsServer, count: int, console: Conso
         result.elapsed_s = time.time() - started
         totals = store.totals()
         result.dead_lettered = totals.get("dead_lettered", 0)
-        result.dropped_at_worker = totals.get("dropped", 0) - result.dropped_at_producer
+        result.dropped_at_worker = totals.get("dropped", 0) - result.dropped_at_ingest
         result.drop_reasons = store.dropped_counts()
+        store.client.close()
     received = local.messages(topic_arn=settings.sns_topic_arn)
     result.received = len(received)
     seen: Counter[str] = Counter()
@@ -226,10 +277,10 @@ def _percentile(values: list[float], fraction: float) -> float:
 def _print_summary(result: DemoResult, console: Console) -> None:
     table = Table(title="sns-relay demo summary", show_header=False)
     table.add_row("sent", str(result.sent))
-    table.add_row("enqueued", str(result.enqueued))
-    table.add_row("dropped before enqueue (too large)", str(result.dropped_at_producer))
+    table.add_row("stored (2xx from the ingest)", str(result.enqueued))
+    table.add_row("refused by the ingest: too large (413, recorded)", str(result.dropped_at_ingest))
     table.add_row("dropped by workers", str(result.dropped_at_worker))
-    table.add_row("invalid", str(result.invalid))
+    table.add_row("refused otherwise (not 2xx or 413)", str(result.invalid))
     table.add_row("published (distinct events)", str(result.published))
     table.add_row("received by the topic", f"{result.received} ({result.duplicates} duplicates)")
     table.add_row("dead-lettered", str(result.dead_lettered))
@@ -238,9 +289,9 @@ def _print_summary(result: DemoResult, console: Console) -> None:
     identical = result.published - len(result.body_mismatches)
     table.add_row("bodies byte-identical", f"{identical} of {result.published}")
     rate = result.published / result.elapsed_s if result.elapsed_s else 0.0
-    table.add_row("events per second (enqueue to published)", f"{rate:,.0f}")
+    table.add_row("events per second (first POST to last publish)", f"{rate:,.0f}")
     table.add_row(
-        "enqueue to publish p50 / p99",
+        "POST to SNS p50 / p99",
         f"{_percentile(result.latencies_s, 0.5) * 1000:.0f} ms / "
         f"{_percentile(result.latencies_s, 0.99) * 1000:.0f} ms",
     )

@@ -35,6 +35,7 @@ from tests.helpers import (
     MotoAws,
     free_port,
     moto_server,
+    poll_until,
     relay_command,
     relay_env,
 )
@@ -758,8 +759,8 @@ def summary_figure(output: str, label: str) -> str:
 
 @pytest.mark.slow
 def test_demo_accounts_for_every_event(tmp_path: Path) -> None:
-    """`relay demo --events 300` (the `make demo` path) in a fresh directory: exit 0, and every
-    event is published or dropped with a reason, bodies byte-identical."""
+    """`relay demo --events 300` (the `make demo` path, through the HTTP ingest) in a fresh
+    directory: exit 0, and every event is published or dropped with a reason, bodies identical."""
     completed = subprocess.run(
         relay_command("demo", "--events", "300"),
         env=relay_env({"COLUMNS": "120"}),
@@ -772,14 +773,75 @@ def test_demo_accounts_for_every_event(tmp_path: Path) -> None:
     assert completed.returncode == EXIT_OK, output
     assert "every event is accounted for" in " ".join(output.split())
     assert summary_figure(output, "sent") == "300"
-    enqueued = int(summary_figure(output, "enqueued"))
-    dropped_before = int(summary_figure(output, "dropped before enqueue (too large)"))
+    enqueued = int(summary_figure(output, "stored (2xx from the ingest)"))
+    dropped_before = int(summary_figure(output, "refused by the ingest: too large (413, recorded)"))
     dropped_by_workers = int(summary_figure(output, "dropped by workers"))
     published = int(summary_figure(output, "published (distinct events)"))
     dead_lettered = int(summary_figure(output, "dead-lettered"))
-    assert summary_figure(output, "invalid") == "0"
+    assert summary_figure(output, "refused otherwise (not 2xx or 413)") == "0"
     assert enqueued + dropped_before == 300
     assert published + dropped_by_workers + dead_lettered == enqueued
     assert summary_figure(output, "bodies byte-identical") == f"{published} of {published}"
     assert (tmp_path / ".relay").is_dir()
     assert not (tmp_path / ".relay" / "redis.url").exists()  # the embedded Valkey was stopped
+
+
+def test_up_without_a_webhook_secret_refuses_to_start() -> None:
+    """`relay up` with no RELAY_WEBHOOK_SECRET (and no opt-out) exits 2 naming the variable."""
+    completed = subprocess.run(
+        relay_command("up"),
+        env=relay_env({"RELAY_SNS_TOPIC_ARN": "arn:aws:sns:us-east-1:123456789012:t"}),
+        capture_output=True,
+        timeout=60,
+        check=False,
+    )
+    assert completed.returncode == EXIT_USAGE
+    assert b"RELAY_WEBHOOK_SECRET" in completed.stderr
+
+
+@pytest.mark.slow
+def test_up_runs_ingest_and_workers_on_an_embedded_valkey(tmp_path: Path) -> None:
+    """`relay up` with no Redis URL: a signed POST reaches the topic; SIGTERM ends all, exit 0."""
+    from relay.ingest.client import WebhookSender
+    from relay.local_sns import LocalSnsServer
+
+    secret = "up-test-secret"
+    with LocalSnsServer() as sns:
+        topic = sns.create_topic("up")
+        port = free_port()
+        process = subprocess.Popen(
+            relay_command("up", "-p", "1", "-t", "2", "--port", str(port)),
+            env=relay_env(
+                {
+                    "RELAY_SNS_TOPIC_ARN": topic,
+                    "RELAY_SNS_ENDPOINT_URL": sns.url,
+                    "RELAY_SNS_KEY": "x",
+                    "RELAY_SNS_SECRET": "y",
+                    "RELAY_WEBHOOK_SECRET": secret,
+                    "RELAY_METRICS_PORT": str(free_port()),
+                }
+            ),
+            cwd=tmp_path,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        sender = WebhookSender(f"http://127.0.0.1:{port}", secret)
+        try:
+
+            def posted() -> bool:
+                try:
+                    return sender.post(b'{"type":"message.new"}', webhook_id="up-1")[0] == 200
+                except OSError:
+                    sender.close()
+                    return False
+
+            poll_until(posted, timeout_s=30)
+            sns.wait_for_published(1, timeout_s=30)
+            assert sns.messages()[0]["body"] == '{"type":"message.new"}'
+            assert (tmp_path / ".relay" / "redis.url").exists()
+        finally:
+            sender.close()
+            process.terminate()
+            code = process.wait(timeout=60)
+        assert code == 0
+        assert not (tmp_path / ".relay" / "redis.url").exists()
