@@ -421,11 +421,23 @@ def ingest(host: str, port: int, insecure_no_signature: bool) -> None:
 @click.option("--host", default="127.0.0.1", show_default=True)
 @click.option("--port", default=None, type=int, help="Default: the local SNS default port.")
 @click.option("--record-file", type=click.Path(dir_okay=False, path_type=Path))
-def local_sns(host: str, port: int | None, record_file: Path | None) -> None:
+@click.option(
+    "--max-recorded-messages",
+    type=click.IntRange(min=1),
+    default=None,
+    help="Keep only the newest N accepted messages in memory (default: all).",
+)
+def local_sns(
+    host: str, port: int | None, record_file: Path | None, max_recorded_messages: int | None
+) -> None:
     """A local SNS endpoint that enforces SNS's real limits, for development and the demo."""
     from relay import local_sns as local
 
-    kwargs: dict[str, Any] = {"host": host, "record_file": record_file}
+    kwargs: dict[str, Any] = {
+        "host": host,
+        "record_file": record_file,
+        "max_recorded_messages": max_recorded_messages,
+    }
     if port is not None:
         kwargs["port"] = port
     local.serve(**kwargs)
