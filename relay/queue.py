@@ -15,6 +15,7 @@ from typing import Any
 from uuid import uuid4
 
 import dramatiq
+import orjson
 import redis
 from redis.backoff import ExponentialBackoff
 from redis.retry import Retry
@@ -23,6 +24,24 @@ from relay.errors import QueueUnavailable
 from relay.event import Event
 from relay.keys import ACTOR_NAME, QUEUE_NAME, Keys
 from relay.settings import Settings
+
+
+class OrjsonEncoder(dramatiq.Encoder):
+    """dramatiq's message encoding with orjson: the same JSON, several times faster both ways.
+
+    Producers and workers must share an encoder (FACTS §9.16); importing this module sets it.
+    Messages written by the stdlib encoder decode the same, so a rolling upgrade is safe.
+    """
+
+    def encode(self, data: dict[str, Any]) -> bytes:
+        return orjson.dumps(data)
+
+    def decode(self, data: bytes) -> dict[str, Any]:
+        decoded: dict[str, Any] = orjson.loads(data)
+        return decoded
+
+
+dramatiq.set_encoder(OrjsonEncoder())
 
 BUNDLE_MAX_EVENTS = 100
 BUNDLE_MAX_BYTES = 2 * 1024 * 1024

@@ -153,12 +153,22 @@ class Publisher:
         if too_large:
             self._drop(too_large, limit, result)
         batches = limits.pack_batches(fitting, lambda event: event.size_bytes, limit)
-        for number, batch in enumerate(batches):
-            try:
-                self._publish_batch(batch, result)
-            except SnsUnavailable as exc:
-                later = [event for rest in batches[number + 1 :] for event in rest]
-                raise SnsUnavailable(str(exc), [*exc.remaining, *later]) from exc.__cause__
+        try:
+            for number, batch in enumerate(batches):
+                try:
+                    self._publish_batch(batch, result)
+                except SnsUnavailable as exc:
+                    later = [event for rest in batches[number + 1 :] for event in rest]
+                    raise SnsUnavailable(str(exc), [*exc.remaining, *later]) from exc.__cause__
+        finally:
+            # One write per bundle, not per batch. The totals are for `relay stats` only (the
+            # metrics and the records are exact), so a Redis blip here never fails the bundle.
+            with contextlib.suppress(QueueUnavailable):
+                self.store.add_totals(
+                    published=result.published,
+                    dead_lettered=result.dead_lettered,
+                    dropped=result.dropped,
+                )
         return result
 
     def _publish_batch(self, batch: Sequence[Event], result: BundleResult) -> None:
@@ -262,7 +272,6 @@ class Publisher:
 
     def _drop(self, events: Sequence[Event], limit: int, result: BundleResult) -> None:
         self.store.record_drops(events, "too_large", limit)
-        self.store.add_totals(dropped=len(events))
         metrics.EVENTS_DROPPED.labels("too_large").inc(len(events))
         result.dropped += len(events)
 
@@ -282,7 +291,6 @@ class Publisher:
             for letter in rejected:
                 metrics.EVENTS_DEAD_LETTERED.labels(letter.code).inc()
             result.dead_lettered += len(rejected)
-        self.store.add_totals(published=len(accepted), dead_lettered=len(rejected))
 
 
 def error_code(exc: BaseException) -> str:

@@ -770,18 +770,18 @@ def actor_rig(
     return build
 
 
-def fail_totals_once(monkeypatch: pytest.MonkeyPatch, store: RelayStore, call: int) -> None:
-    """Make the `call`-th add_totals of `store` fail as if Redis blinked."""
-    real = store.add_totals
+def fail_settle_once(monkeypatch: pytest.MonkeyPatch, store: RelayStore) -> None:
+    """Make the first settle_all of `store` fail as if Redis blinked (after the publishing)."""
+    real = store.settle_all
     seen = [0]
 
-    def add_totals(*args: Any, **kwargs: Any) -> None:
+    def settle_all(bundle_id: str) -> int:
         seen[0] += 1
-        if seen[0] == call:
+        if seen[0] == 1:
             raise QueueUnavailable("Redis at 127.0.0.1:1 is unreachable: ConnectionError")
-        real(*args, **kwargs)
+        return real(bundle_id)
 
-    monkeypatch.setattr(store, "add_totals", add_totals)
+    monkeypatch.setattr(store, "settle_all", settle_all)
 
 
 def test_actor_trims_its_args_in_place_to_the_events_sns_has_not_accepted(
@@ -793,8 +793,8 @@ def test_actor_trims_its_args_in_place_to_the_events_sns_has_not_accepted(
     setup = actor_rig(15, accept_all, client_error("ExpiredToken", 403))
     wires = setup.wires
     original = list(wires)
-    # and a Redis blink while the probe's publication is being recorded
-    fail_totals_once(monkeypatch, setup.rig.store, call=2)
+    # and a Redis blink when the bundle is being settled
+    fail_settle_once(monkeypatch, setup.rig.store)
     # When the actor runs and ends in that error
     with pytest.raises(QueueUnavailable):
         setup.module.publish_bundle.fn(wires)
@@ -815,7 +815,7 @@ def test_actor_retry_message_carries_the_trimmed_list(
 ) -> None:
     """dramatiq's retry enqueue re-encodes the same args list the actor trimmed."""
     setup = actor_rig(15, accept_all, client_error("ExpiredToken", 403))
-    fail_totals_once(monkeypatch, setup.rig.store, call=2)
+    fail_settle_once(monkeypatch, setup.rig.store)
     message = setup.module.CurrentMessage.get_current_message()
     (wires,) = message.args
     with pytest.raises(QueueUnavailable) as caught:
@@ -856,7 +856,7 @@ def test_actor_leaves_nothing_pending_after_a_trimmed_retry(
     """An attempt that published 10 of 15 events then failed, retried with the other 5, leaves
     the pending count at zero once the retry succeeds."""
     setup = actor_rig(15, accept_all, client_error("ExpiredToken", 403))
-    fail_totals_once(monkeypatch, setup.rig.store, call=2)
+    fail_settle_once(monkeypatch, setup.rig.store)
     with pytest.raises(QueueUnavailable):
         setup.module.publish_bundle.fn(setup.wires)
     setup.module.publish_bundle.fn(setup.wires)  # dramatiq's retry, same message id
