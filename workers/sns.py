@@ -239,6 +239,21 @@ class BatchResult:
     failed: dict[str, EntryFailure]
 
 
+def batch_result(
+    entries: Sequence[BatchEntry], successful: dict[str, str], failed: dict[str, EntryFailure]
+) -> BatchResult:
+    """The outcome of every entry: an entry SNS listed in neither list (moto can do that, FACTS
+    §6.1) counts as a transient failure, so it is re-sent rather than forgotten."""
+    for entry in entries:
+        if entry.id not in successful and entry.id not in failed:
+            failed[entry.id] = EntryFailure(
+                MISSING_FROM_RESPONSE,
+                "SNS listed this entry neither as successful nor as failed",
+                sender_fault=False,
+            )
+    return BatchResult(successful=successful, failed=failed)
+
+
 def botocore_config(max_pool_connections: int = DEFAULT_MAX_POOL_CONNECTIONS) -> Config:
     """The botocore settings of every client the relay makes: one attempt, short timeouts."""
     return Config(
@@ -394,14 +409,7 @@ class SnsGateway:
             for bad in response.get("Failed", [])
             if bad["Id"] not in successful
         }
-        for entry in entries:
-            if entry.id not in successful and entry.id not in failed:
-                failed[entry.id] = EntryFailure(
-                    MISSING_FROM_RESPONSE,
-                    "SNS listed this entry neither as successful nor as failed",
-                    sender_fault=False,
-                )
-        return BatchResult(successful=successful, failed=failed)
+        return batch_result(entries, successful, failed)
 
     def publish_one(self, topic_arn: str, entry: BatchEntry) -> str:
         """Publish one message with Publish and return its MessageId (`entry.id` is not sent).

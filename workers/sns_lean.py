@@ -43,12 +43,12 @@ from relay.settings import Settings
 from workers.sns import (
     CONNECT_TIMEOUT_S,
     DEFAULT_MAX_POOL_CONNECTIONS,
-    MISSING_FROM_RESPONSE,
     READ_TIMEOUT_S,
     BatchEntry,
     BatchResult,
     EntryFailure,
     SnsGateway,
+    batch_result,
     make_client,
     make_session,
 )
@@ -203,14 +203,7 @@ def parse_publish_batch(body: bytes, entries: Sequence[BatchEntry]) -> BatchResu
         for fields in rejected
         if id_tag in fields and fields[id_tag] not in successful
     }
-    for entry in entries:
-        if entry.id not in successful and entry.id not in failed:
-            failed[entry.id] = EntryFailure(
-                MISSING_FROM_RESPONSE,
-                "SNS listed this entry neither as successful nor as failed",
-                sender_fault=False,
-            )
-    return BatchResult(successful=successful, failed=failed)
+    return batch_result(entries, successful, failed)
 
 
 def _error_fields(node: ET.Element, ns_len: int) -> dict[str, Any]:
