@@ -2,8 +2,10 @@
 
 - L1: a retry whose enqueue fails must not let the original be acked: RelayRetries keeps
   trying the enqueue until Redis answers, so the message stays unacked (and reclaimable) till then.
-- L2: ids a consumer had fetched but not handed out when its connection broke stay in this live
-  process's ack set; the next consumer for that queue requeues them first thing.
+- L2: after a Redis error, ids can be left in this live process's ack set that no thread here will
+  ever ack: fetched and not handed out, popped by a fetch whose reply was lost, or delayed
+  messages dramatiq's consumer thread dropped from memory. The consumer that replaces the failed
+  one requeues, first thing, whatever the ack set holds that no thread of this process holds.
 - L3/D5: redis-py timeouts and errors from enqueue/ack/requeue become dramatiq's ConnectionClosed,
   which the consumer thread survives, instead of killing it.
 - L4: an undecodable message is moved to dramatiq's dead letters instead of wedging the consumer.
@@ -23,7 +25,7 @@ from dramatiq.errors import ConnectionClosed, DecodeError
 from dramatiq.middleware import CurrentMessage, Retries, TimeLimit
 
 from relay.keys import QUEUE_NAME, Keys
-from relay.queue import redis_client
+from relay.queue import as_text, redis_client
 from relay.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -55,9 +57,13 @@ class RelayRedisBroker(RedisBroker):
     def __init__(self, **kwargs: Any) -> None:
         super().__init__(**kwargs)
         self.keys = Keys(self.namespace)
-        # queue name -> redis message ids stranded in this process's ack set (L2)
-        self.stranded: dict[str, set[str]] = {}
-        self.stranded_lock = threading.Lock()
+        # queue name -> redis message ids handed to this process's threads and not yet acked,
+        # nacked or requeued; anything else in this process's ack set is stranded (L2)
+        self.held: dict[str, set[str]] = {}
+        # queues that have had a consumer, and those whose ack set must be reconciled
+        self.consumed: set[str] = set()
+        self.suspect: set[str] = set()
+        self.held_lock = threading.Lock()
 
     @property
     def consumer_class(self) -> type[_RedisConsumer]:
@@ -71,18 +77,25 @@ class RelayRedisBroker(RedisBroker):
 
 
 class RelayConsumer(_RedisConsumer):
-    """A consumer that requeues what an earlier consumer stranded, and dead-letters poison."""
+    """A consumer that requeues what its process stranded, and dead-letters poison."""
 
     broker: RelayRedisBroker
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
-        # message id -> redis message id of messages handed out and not yet acked or nacked
-        self.handed_out: dict[str, str] = {}
+        with self.broker.held_lock:
+            if self.queue_name in self.broker.consumed:
+                # This consumer replaces one that failed (dramatiq builds a new one after any
+                # error). On a connection error, whether raised by a fetch or by promoting a due
+                # delayed message, dramatiq's consumer thread drops its in-memory delay queue.
+                self.broker.suspect.add(self.queue_name)
+                if self.queue_name.endswith(".DQ"):
+                    self.broker.held.pop(self.queue_name, None)
+            self.broker.consumed.add(self.queue_name)
 
     def __next__(self) -> Any:
         try:
-            self._requeue_stranded()
+            self._reconcile()
             while True:
                 try:
                     proxy = super().__next__()
@@ -90,75 +103,60 @@ class RelayConsumer(_RedisConsumer):
                     self._dead_letter_undecodable(exc.data)
                     continue
                 break
-        except ConnectionClosed:
-            self._strand_undelivered()
-            raise
         except _REDIS_ERRORS as exc:
-            self._strand_undelivered()
             raise ConnectionClosed(exc) from None
         if proxy is not None:
-            self.handed_out[proxy.message_id] = proxy.options["redis_message_id"]
+            with self.broker.held_lock:
+                self.broker.held.setdefault(self.queue_name, set()).add(
+                    proxy.options["redis_message_id"]
+                )
         return proxy
 
     def ack(self, message: Any) -> None:
-        self.handed_out.pop(message.message_id, None)
         try:
             super().ack(message)
         except redis.TimeoutError as exc:
             raise ConnectionClosed(exc) from None
+        self._release([message])
 
     def nack(self, message: Any) -> None:
-        self.handed_out.pop(message.message_id, None)
         try:
             super().nack(message)
         except redis.TimeoutError as exc:
             raise ConnectionClosed(exc) from None
+        self._release([message])
 
     def requeue(self, messages: Any) -> None:
         messages = list(messages)
-        for message in messages:
-            self.handed_out.pop(message.message_id, None)
         try:
             super().requeue(messages)
         except _REDIS_ERRORS as exc:
-            with self.broker.stranded_lock:
-                self.broker.stranded.setdefault(self.queue_name, set()).update(
-                    message.options["redis_message_id"] for message in messages
-                )
+            with self.broker.held_lock:  # nobody holds them now: the next consumer requeues them
+                self.broker.suspect.add(self.queue_name)
             raise ConnectionClosed(exc) from None
+        finally:
+            self._release(messages)
 
-    def _strand_undelivered(self) -> None:
-        """Remember the ids this consumer holds but nobody will ack once it is dropped.
+    def _release(self, messages: list[Any]) -> None:
+        # Only once Redis has taken the id out of the ack set: _reconcile reads `held` before
+        # the ack set, so an id being acked is never mistaken for a stranded one.
+        with self.broker.held_lock:
+            held = self.broker.held.get(self.queue_name, set())
+            held.difference_update(message.options["redis_message_id"] for message in messages)
 
-        Fetched-but-not-handed-out messages always; for a delay queue also the handed-out
-        ones, since the consumer thread drops its in-memory delay queue on a connection error.
-        """
-        ids: set[str] = set()
-        for data in self.message_cache:
-            if data is None:
-                continue
-            try:
-                ids.add(dramatiq.Message.decode(data).options["redis_message_id"])
-            except (DecodeError, KeyError):
-                continue  # found again by _dead_letter_undecodable's scan once Redis is back
-        if self.queue_name.endswith(".DQ"):
-            ids.update(self.handed_out.values())
-        self.message_cache = []
-        if ids:
-            with self.broker.stranded_lock:
-                self.broker.stranded.setdefault(self.queue_name, set()).update(ids)
-            log.warning("%d messages held at a Redis connection error will be requeued", len(ids))
-
-    def _requeue_stranded(self) -> None:
-        if not self.broker.stranded.get(self.queue_name):  # the common case, without the lock
+    def _reconcile(self) -> None:
+        """Requeue what this process's ack set holds and none of its threads does (L2)."""
+        if self.queue_name not in self.broker.suspect:  # the common case, without the lock
             return
-        with self.broker.stranded_lock:
-            ids = self.broker.stranded.get(self.queue_name)
-            if not ids:
-                return
-            self.broker.do_requeue(self.queue_name, *sorted(ids))
-            log.info("requeued %d messages stranded by a Redis connection error", len(ids))
-            ids.clear()
+        with self.broker.held_lock:
+            held = set(self.broker.held.get(self.queue_name, ()))
+        ack_set = self.broker.keys.ack_set(self.broker.broker_id, self.queue_name)
+        stranded = sorted({as_text(i) for i in self.broker.client.smembers(ack_set)} - held)
+        if stranded:
+            self.broker.do_requeue(self.queue_name, *stranded)
+            log.warning("requeued %d messages stranded by a Redis connection error", len(stranded))
+        with self.broker.held_lock:
+            self.broker.suspect.discard(self.queue_name)
 
     def _dead_letter_undecodable(self, data: bytes) -> None:
         """Move a message that cannot be decoded to dramatiq's dead letters (found by its bytes)."""
