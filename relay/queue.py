@@ -51,17 +51,18 @@ TRANSACTION_MAX_BYTES = 8 * 1024 * 1024
 """Bundles are written in transactions of about this size, so one write never stalls Redis."""
 
 
-def redis_client(url: str, settings: Settings) -> redis.Redis:
+def redis_client(url: str, settings: Settings, *, retries: int = 1) -> redis.Redis:
     """A client with bounded timeouts: an unreachable Redis fails fast instead of hanging.
 
-    One quick reconnect attempt absorbs a dropped idle connection; more would only delay the
-    error a producer needs to see.
+    By default one quick reconnect attempt absorbs a dropped idle connection; more would only
+    delay the error a producer needs to see. `retries=0` for callers to whom a replayed command
+    is worse than an error (the workers' dramatiq calls: FACTS §9.4 D6).
     """
     return redis.Redis.from_url(
         url,
         socket_connect_timeout=settings.redis_connect_timeout_s,
         socket_timeout=settings.redis_timeout_s,
-        retry=Retry(ExponentialBackoff(cap=0.2, base=0.05), retries=1),
+        retry=Retry(ExponentialBackoff(cap=0.2, base=0.05), retries=retries),
         health_check_interval=30,
     )
 

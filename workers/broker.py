@@ -196,7 +196,9 @@ def make_broker(settings: Settings, client: redis.Redis | None = None) -> RelayR
     """The workers' broker: the relay's namespace and timing, and only the middleware it needs."""
     url = settings.require_redis_url()
     broker = RelayRedisBroker(
-        client=client or redis_client(url, settings),
+        # No client-side retries: a fetch replayed after a read timeout would pop more ids while
+        # the first call's stay stranded in this process's ack set, with no error to reconcile on.
+        client=client or redis_client(url, settings, retries=0),
         namespace=settings.namespace,
         heartbeat_timeout=HEARTBEAT_TIMEOUT_MS,
         maintenance_chance=MAINTENANCE_CHANCE,
