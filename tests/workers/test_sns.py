@@ -31,7 +31,6 @@ from botocore.exceptions import (
     ReadTimeoutError,
 )
 from botocore.stub import Stubber
-from moto import mock_aws
 from moto.sts.exceptions import STSClientError
 from moto.sts.models import STSBackend, sts_backends
 
@@ -62,23 +61,7 @@ EXTERNAL_ID = "leak-check-external-id-2d4e"
 SECRETS = (SNS_KEY, SNS_SECRET, EXTERNAL_ID)
 
 
-@pytest.fixture(autouse=True)
-def clean_aws_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Any) -> None:
-    """No RELAY_* or AWS_* variables, no config files, no instance metadata: nothing leaks in."""
-    for name in list(os.environ):
-        if name.startswith(("RELAY_", "AWS_")):
-            monkeypatch.delenv(name)
-    monkeypatch.setenv("AWS_CONFIG_FILE", str(tmp_path / "missing-config"))
-    monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", str(tmp_path / "missing-credentials"))
-    monkeypatch.setenv("AWS_EC2_METADATA_DISABLED", "true")
-    monkeypatch.chdir(tmp_path)
-
-
-@pytest.fixture
-def aws() -> Iterator[None]:
-    """moto in-process, leaving the environment's credentials alone (the tests set them)."""
-    with mock_aws(config={"core": {"mock_credentials": False}}):
-        yield
+pytestmark = pytest.mark.usefixtures("clean_aws_env")
 
 
 def make_settings(**overrides: Any) -> Settings:
