@@ -9,10 +9,13 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
+from typing import Any
 
 import redis.asyncio
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
+from redis.connection import HiredisRespSerializer
+from redis.utils import HIREDIS_AVAILABLE
 
 from relay.errors import ConfigError
 from relay.ingest.backlog import DEFAULT_CACHE_S, QueueView
@@ -98,6 +101,7 @@ class IngestService:
             # checkout, and a failure is the sender's cue to retry.
             retry=Retry(NoBackoff(), 0),
         )
+        _pack_in_one_write(self.client.connection_pool)
         # BundleWriter and RelayStore are given the transaction to fill on every call; the
         # synchronous client they hold is never used for I/O here.
         unused = redis_client(self.url, self.settings)
@@ -127,3 +131,27 @@ class IngestService:
         if self.client is not None:
             await self.client.aclose()
         self.committer = self.view = self.client = None
+
+
+def _pack_in_one_write(pool: redis.asyncio.ConnectionPool) -> None:
+    """Make the pool's connections send each command as one buffer, packed by hiredis.
+
+    redis.asyncio packs a command in Python into a list of chunks (every large argument, such
+    as a bundle, stands alone) and the transport writes each chunk with its own send(2).
+    hiredis packs it into one buffer in C, as redis-py's synchronous client already does:
+    measured with one delivery per group commit, the ingest's CPU per commit fell from 342 to
+    210 µs. The pool's class is kept (plain, TLS or Unix socket, from the URL); only the
+    packing changes.
+    """
+    if not HIREDIS_AVAILABLE:  # a dependency, but redis-py works without it: keep its packer
+        return
+    base = pool.connection_class
+    serializer = HiredisRespSerializer()
+
+    class OneWriteConnection(base):  # type: ignore[valid-type,misc]
+        def pack_command(self, *args: Any) -> list[bytes]:
+            packed: list[bytes] = serializer.pack(*args)
+            return packed
+
+    OneWriteConnection.__name__ = f"OneWrite{base.__name__}"
+    pool.connection_class = OneWriteConnection

