@@ -22,6 +22,7 @@ from rich.table import Table
 
 from relay.errors import ConfigError, QueueUnavailable
 from relay.settings import Settings
+from relay.supervisor import UP_WORKER_NICE
 
 EXIT_OK = 0
 EXIT_PROBLEM = 1
@@ -88,10 +89,23 @@ def main() -> None:
     """sns-relay: a durable Redis-backed relay of application events into Amazon SNS."""
 
 
+def nice_option(default: int) -> Callable[[F], F]:
+    return click.option(
+        "--nice",
+        type=click.IntRange(0, 19),
+        default=default,
+        show_default=True,
+        envvar="RELAY_WORKER_NICE",
+        help="CPU niceness of the worker processes (RELAY_WORKER_NICE): higher yields the CPU "
+        "to producers and the ingest on a shared machine.",
+    )
+
+
 @main.command()
 @click.option("--processes", "-p", default=2, show_default=True, help="Worker processes.")
 @click.option("--threads", "-t", default=8, show_default=True, help="Threads per process.")
-def worker(processes: int, threads: int) -> None:
+@nice_option(0)
+def worker(processes: int, threads: int, nice: int) -> None:
     """Run the worker fleet: publish queued bundles to SNS; metrics on RELAY_METRICS_PORT."""
     from relay.supervisor import run_workers
 
@@ -100,7 +114,7 @@ def worker(processes: int, threads: int) -> None:
         settings.require_topic_arn()
     except ConfigError as exc:
         fail(str(exc), EXIT_USAGE)
-    sys.exit(run_workers(settings, processes, threads, settings.metrics_port))
+    sys.exit(run_workers(settings, processes, threads, settings.metrics_port, nice=nice))
 
 
 def _lines(stream: IO[bytes]) -> Iterator[tuple[int, bytes]]:
@@ -453,7 +467,10 @@ def local_sns(
     is_flag=True,
     help="Let the ingest accept unsigned requests when RELAY_WEBHOOK_SECRET is unset.",
 )
-def up(processes: int, threads: int, host: str, port: int, insecure_no_signature: bool) -> None:
+@nice_option(UP_WORKER_NICE)
+def up(
+    processes: int, threads: int, host: str, port: int, insecure_no_signature: bool, nice: int
+) -> None:
     """Ingest and workers in one supervisor (with an embedded durable Valkey when
     RELAY_REDIS_URL is unset)."""
     from relay.up import run_up
@@ -476,6 +493,7 @@ def up(processes: int, threads: int, host: str, port: int, insecure_no_signature
             ingest_host=host,
             ingest_port=port,
             insecure_no_signature=insecure_no_signature,
+            worker_nice=nice,
         )
     )
 

@@ -25,6 +25,10 @@ from relay.settings import Settings
 WORKER_MODULE = "workers.actors"
 """Named, not imported: the producer side never imports the workers package."""
 
+UP_WORKER_NICE = 10
+"""`relay up`'s workers run at this niceness: sharing a machine with the ingest, draining a
+backlog must not slow the answers to webhooks (the backlog can wait; a sender times out)."""
+
 SHUTDOWN_TIMEOUT_MS = 30_000
 """On SIGTERM, in-flight bundles get this long to finish; the rest return to the queue.
 Orchestrators must allow more (Kubernetes: terminationGracePeriodSeconds >= 40)."""
@@ -90,10 +94,27 @@ def start_workers(
     )
 
 
-def run_workers(settings: Settings, processes: int, threads: int, metrics_port: int) -> int:
-    """Run the fleet in the foreground until it exits or is signalled; return its exit code."""
+def lower_priority(nice: int) -> None:
+    """Run what this thread starts from now on at niceness `nice` (never raises it back).
+
+    On Linux niceness is per thread: the metrics server's thread, already running, keeps its
+    own, and processes spawned earlier (`relay up`'s ingest and Valkey) keep theirs.
+    """
+    current = os.getpriority(os.PRIO_PROCESS, 0)
+    if nice > current:
+        os.setpriority(os.PRIO_PROCESS, 0, nice)
+
+
+def run_workers(
+    settings: Settings, processes: int, threads: int, metrics_port: int, *, nice: int = 0
+) -> int:
+    """Run the fleet in the foreground until it exits or is signalled; return its exit code.
+
+    The worker processes run at niceness `nice` (0: unchanged).
+    """
     multiproc_dir = fresh_multiproc_dir()
     server = serve_metrics(settings, multiproc_dir, metrics_port)
+    lower_priority(nice)
     child = start_workers(settings, processes, threads, multiproc_dir)
 
     def forward(signum: int, _frame: FrameType | None) -> None:

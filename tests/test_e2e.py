@@ -448,3 +448,43 @@ def test_auth_failure_keeps_events_waiting_and_they_all_arrive_once_it_is_fixed(
     assert received == {o.event_id: bodies[o.index] for o in report.outcomes}
     assert letters.depth() == 0
     assert store.dramatiq_dead_bundles() == 0
+
+
+# --- CPU priority --------------------------------------------------------------------------------
+
+
+def _niceness(pid: int) -> int:
+    """Field 19 of /proc/PID/stat: the process's (main thread's) nice value."""
+    stat = Path(f"/proc/{pid}/stat").read_text()
+    return int(stat.rsplit(")", 1)[1].split()[16])
+
+
+def _descendants(pid: int) -> list[int]:
+    children = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
+    found = [int(child) for child in children]
+    for child in list(found):
+        found += _descendants(child)
+    return found
+
+
+def test_worker_nice_runs_the_publishing_processes_at_that_niceness(
+    local_sns: LocalSnsServer, make_settings: Callable[..., Settings], tmp_path: Path
+) -> None:
+    """RELAY_WORKER_NICE=7: dramatiq and its worker processes run at 7 and still publish; the
+    supervisor's own process keeps serving metrics."""
+    topic = local_sns.state.create_topic("nice-topic", REGION, {})
+    settings = make_settings(sns_topic_arn=topic.arn)
+    variables = worker_variables(settings, local_sns.url) | {"RELAY_WORKER_NICE": "7"}
+    with relay_worker(variables, tmp_path, processes=2, threads=1) as worker:
+        with Producer(settings) as producer:
+            producer.send_many([f'{{"type":"message.new","n":{n}}}' for n in range(20)])
+        local_sns.wait_for_published(20, timeout_s=DELIVERY_TIMEOUT_S)
+        # dramatiq's parent and its two worker processes
+        fleet = poll_until(
+            lambda: pids if len(pids := _descendants(worker.process.pid)) >= 3 else None,
+            10.0,
+            what="dramatiq's parent and its 2 worker processes",
+        )
+        assert {pid: _niceness(pid) for pid in fleet} == dict.fromkeys(fleet, 7)
+        assert _niceness(worker.process.pid) == 7  # its main thread, which started them
+        assert scrape(worker.metrics_url)
