@@ -59,7 +59,7 @@ def drain(
         measure.wait_published(ctx, fleet, min(target, published + 1))
 
 
-def run(events: int, workdir: Path, console: Console) -> dict[str, Any]:
+def run(events: int, workdir: Path, console: Console, worker_nice: int = 0) -> dict[str, Any]:
     probe = min(PROBE_EVENTS, max(events // 10, 1_000))
     early = min(EARLY_DRAINED, events // 10)
     events_file = workdir / "events.jsonl"
@@ -67,7 +67,7 @@ def run(events: int, workdir: Path, console: Console) -> dict[str, Any]:
     scenario = SCENARIOS["relay-lean" if HTTP_SNS_CLIENT == "lean" else "relay-boto3"]
     sns = LocalSns.start(workdir, max_recorded_messages=1_000)
     valkey = Valkey.start(workdir / "valkey-backlog")
-    ctx = Context(workdir, valkey.url, sns, events_file)
+    ctx = Context(workdir, valkey.url, sns, events_file, worker_nice)
     idle = Fleet()
     fleet = None
     try:
@@ -99,6 +99,7 @@ def run(events: int, workdir: Path, console: Console) -> dict[str, Any]:
     return {
         "kind": "backlog",
         "sns_client": scenario.sns_client,
+        "worker_nice": worker_nice,
         "events": events,
         "probe_events": probe,
         "stream": stream,
@@ -136,7 +137,10 @@ def run(events: int, workdir: Path, console: Console) -> dict[str, Any]:
 
 def print_report(document: dict[str, Any], console: Console) -> bool:
     """Print the backlog results; True if the run failed (it never does once it got here)."""
-    grid = Table(title=f"backlog of {document['events']:,} events ({document['sns_client']})")
+    grid = Table(
+        title=f"backlog of {document['events']:,} events ({document['sns_client']}, "
+        f"workers at nice {document['worker_nice']})"
+    )
     grid.add_column("measure")
     grid.add_column("value", justify="right")
     grid.add_row("producer alone (events/s)", f"{document['producer_alone_eps']:,.0f}")

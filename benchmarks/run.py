@@ -47,6 +47,12 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--backlog", type=int, help="run the backlog checks with N events")
     parser.add_argument("--keep", action="store_true", help="keep the work directory and logs")
     parser.add_argument(
+        "--worker-nice",
+        type=int,
+        default=0,
+        help="run the relay's workers at this niceness, as `relay up` does (10) (default 0)",
+    )
+    parser.add_argument(
         "--profile", type=Path, help="py-spy the workers during each flood into DIR (skews CPU)"
     )
     return parser.parse_args(argv)
@@ -89,6 +95,7 @@ def run_paths(args: argparse.Namespace, workdir: Path, console: Console) -> dict
                     teardowns,
                     console,
                     args.profile,
+                    args.worker_nice,
                 )
             )
     finally:
@@ -125,11 +132,12 @@ def run_one(
     teardowns: Teardowns,
     console: Console,
     profile_dir: Path | None = None,
+    worker_nice: int = 0,
 ) -> dict[str, Any]:
     began = time.monotonic()
     valkey_dir = workdir / f"valkey-{scenario.name}"
     valkey = Valkey.start(valkey_dir)
-    ctx = Context(workdir, valkey.url, sns, workdir / "events.jsonl")
+    ctx = Context(workdir, valkey.url, sns, workdir / "events.jsonl", worker_nice)
     fleet = None
     try:
         fleet = scenario.start(ctx)
@@ -179,7 +187,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.backlog:
             from benchmarks import backlog
 
-            document = backlog.run(args.backlog, workdir, console)
+            document = backlog.run(args.backlog, workdir, console, args.worker_nice)
             title = f"backlog of {args.backlog:,} events"
         else:
             document = run_paths(args, workdir, console)

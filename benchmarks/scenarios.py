@@ -37,6 +37,8 @@ class Context:
     redis_url: str
     sns: LocalSns
     events_file: Path
+    worker_nice: int = 0
+    """The relay workers' RELAY_WORKER_NICE (0: the same priority as everything else)."""
 
 
 @dataclass
@@ -74,6 +76,7 @@ def relay_env(ctx: Context, sns_client: str) -> dict[str, str]:
             "RELAY_SNS_CLIENT": sns_client,
             "RELAY_METRICS_PORT": str(free_port()),
             "RELAY_WEBHOOK_SECRET": WEBHOOK_SECRET,
+            "RELAY_WORKER_NICE": str(ctx.worker_nice),
         }
     )
 
