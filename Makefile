@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 export PYTHONDONTWRITEBYTECODE := 1
 
-.PHONY: install demo test faults lint typecheck check bench clean deploy-deps
+.PHONY: install demo test faults lint typecheck check bench bench-deps clean deploy-deps
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -37,8 +37,14 @@ typecheck: install
 check: lint typecheck test
 
 ## make bench: throughput against baselines measured in the same run
-bench: install
+bench: install bench-deps
 	$(BIN)/python -m benchmarks.run
+
+## make bench-deps: wrk (Debian), the HTTP load generator; without it the bench uses its own
+bench-deps:
+	@command -v wrk >/dev/null || { $(SUDO) apt-get update -qq && \
+		$(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends wrk; } || \
+		echo "wrk could not be installed: the HTTP floods use benchmarks/http_load.py instead"
 
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 

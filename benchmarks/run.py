@@ -21,14 +21,16 @@ from typing import Any
 
 from rich.console import Console
 
-from benchmarks import measure, profile, report
+from benchmarks import http_front, measure, profile, report
 from benchmarks.harness import BenchError, LocalSns, Valkey
 from benchmarks.scenarios import SCENARIOS, Context
 from benchmarks.workload import write_events
 
 DEFAULT_JSON = Path(__file__).resolve().parent / "results" / "latest.json"
-FULL = {"events": 40_000, "naive_events": 3_000, "paced_s": 6.0}
-QUICK = {"events": 2_000, "naive_events": 200, "paced_s": 1.0}
+FULL = {"events": 40_000, "naive_events": 3_000, "paced_s": 6.0, "front_s": 10.0}
+QUICK = {"events": 2_000, "naive_events": 200, "paced_s": 1.0, "front_s": 1.0}
+HTTP_PATHS = {"naive-http", "relay-http"}
+"""Selected together, they also get the fronts-alone comparison (http_front.py)."""
 SEED = 7
 EXIT_OK, EXIT_FAILED = 0, 1
 WIDE_CONSOLE_COLUMNS = 150
@@ -102,7 +104,13 @@ def run_paths(args: argparse.Namespace, workdir: Path, console: Console) -> dict
         teardowns.settle()
         sns.stop()
     report.add_ratios(results)
-    return {"kind": "paths", "sizes": sizes, "stream": stream, "results": results}
+    document = {"kind": "paths", "sizes": sizes, "stream": stream, "results": results}
+    if set(names) >= HTTP_PATHS:
+        console.print("HTTP fronts alone: naive-front, ingest", highlight=False)
+        document["fronts"] = http_front.run(
+            events_file, workdir, sizes["front_s"], sizes["paced_s"]
+        )
+    return document
 
 
 class Teardowns:
@@ -200,8 +208,11 @@ def main(argv: list[str] | None = None) -> int:
         }
         if document["kind"] == "paths":
             report.print_report(document["results"], title, console)
+            if "fronts" in document:
+                http_front.print_report(document["fronts"], console)
             profile.print_summaries(document["results"], console)
             failed = any("error" in result for result in document["results"])
+            failed |= any("error" in result for result in document.get("fronts", []))
         else:
             failed = backlog.print_report(document, console)
         report.write_json(args.json, document)

@@ -108,7 +108,7 @@ def _naive_workers(ctx: Context) -> subprocess.Popen[bytes]:
     return spawn(argv, naive_env(ctx), ctx.workdir, "workers-naive.log")
 
 
-def _wait_listening(port: int, process: subprocess.Popen[bytes]) -> None:
+def wait_listening(port: int, process: subprocess.Popen[bytes]) -> None:
     def listening() -> bool:
         if process.poll() is not None:
             raise RuntimeError(f"the HTTP front exited with status {process.returncode}")
@@ -130,7 +130,7 @@ def start_naive_http(ctx: Context) -> Fleet:
         ctx.workdir,
         "naive-http.log",
     )
-    _wait_listening(port, front)
+    wait_listening(port, front)
     return Fleet({"front": front, "workers": _naive_workers(ctx)}, http_port=port)
 
 
@@ -169,7 +169,7 @@ def start_relay_http(ctx: Context) -> Fleet:
     port = free_port()
     argv = ["-m", "relay.ingest", "--port", str(port), "--log-level", "warning"]
     front = spawn(argv, relay_env(ctx, HTTP_SNS_CLIENT), ctx.workdir, "ingest.log")
-    _wait_listening(port, front)
+    wait_listening(port, front)
     workers = _relay_workers(ctx, HTTP_SNS_CLIENT)
     return Fleet({"front": front, "workers": workers}, http_port=port)
 

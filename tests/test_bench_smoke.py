@@ -43,3 +43,11 @@ def test_quick_benchmark_prints_the_table_and_writes_json(tmp_path: Path) -> Non
     for result in results.values():
         assert result["rate_eps"] > 0, result
         assert result["latency"]["p99_ms"] is not None, result
+    # and the HTTP fronts alone, each event stored before its answer
+    assert "HTTP fronts alone" in run.stdout
+    fronts = {front["front"]: front for front in document["fronts"]}
+    assert set(fronts) == {"naive-front", "ingest"}
+    for front in fronts.values():
+        assert front["rate_rps"] > 0, front
+        assert front["stored_events"] >= front["requests"], front
+    assert fronts["ingest"]["vs_naive"]["rate"] > 0
