@@ -59,7 +59,9 @@ def drain(
         measure.wait_published(ctx, fleet, min(target, published + 1))
 
 
-def run(events: int, workdir: Path, console: Console, worker_nice: int = 0) -> dict[str, Any]:
+def run(
+    events: int, workdir: Path, console: Console, worker_nice: int | None = None
+) -> dict[str, Any]:
     probe = min(PROBE_EVENTS, max(events // 10, 1_000))
     early = min(EARLY_DRAINED, events // 10)
     events_file = workdir / "events.jsonl"
@@ -99,7 +101,7 @@ def run(events: int, workdir: Path, console: Console, worker_nice: int = 0) -> d
     return {
         "kind": "backlog",
         "sns_client": scenario.sns_client,
-        "worker_nice": worker_nice,
+        "worker_nice": worker_nice or 0,
         "events": events,
         "probe_events": probe,
         "stream": stream,

@@ -131,7 +131,8 @@ def print_report(results: list[dict[str, Any]], title: str, console: Console) ->
             console.print(
                 f"{result['scenario']}: HTTP answer p50 {_num(result['latency']['http_p50_ms'], 1)}"
                 f" ms, p99 {_num(http, 1)} ms at {_num(result['latency']['rate_eps'])} req/s; "
-                f"front accepted {_num(result.get('front_accepted_eps'))} ev/s in the flood",
+                f"front accepted {_num(result.get('front_accepted_eps'))} ev/s in the flood; "
+                f"workers at nice {result.get('worker_nice', 0)}",
                 highlight=False,
             )
 

@@ -51,8 +51,9 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument(
         "--worker-nice",
         type=int,
-        default=0,
-        help="run the relay's workers at this niceness, as `relay up` does (10) (default 0)",
+        default=None,
+        help="run the relay's workers at this niceness (default: 10 on relay-http, as `relay "
+        "up` runs them; 0 elsewhere)",
     )
     parser.add_argument(
         "--profile", type=Path, help="py-spy the workers during each flood into DIR (skews CPU)"
@@ -140,12 +141,13 @@ def run_one(
     teardowns: Teardowns,
     console: Console,
     profile_dir: Path | None = None,
-    worker_nice: int = 0,
+    worker_nice: int | None = None,
 ) -> dict[str, Any]:
     began = time.monotonic()
     valkey_dir = workdir / f"valkey-{scenario.name}"
     valkey = Valkey.start(valkey_dir)
-    ctx = Context(workdir, valkey.url, sns, workdir / "events.jsonl", worker_nice)
+    nice = scenario.worker_nice if worker_nice is None else worker_nice
+    ctx = Context(workdir, valkey.url, sns, workdir / "events.jsonl", nice)
     fleet = None
     try:
         fleet = scenario.start(ctx)
@@ -161,6 +163,8 @@ def run_one(
             profile_dir=profile_dir,
         )
         result["phases_s"] = {"start": round(started_s, 2), **result["phases_s"]}
+        if scenario.sns_client is not None:
+            result["worker_nice"] = nice
     except (BenchError, RuntimeError) as exc:
         result = {"scenario": scenario.name, "description": scenario.description, "error": str(exc)}
     finally:

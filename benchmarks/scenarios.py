@@ -22,6 +22,7 @@ from benchmarks.harness import (
     spawn,
     wait_until,
 )
+from relay.supervisor import UP_WORKER_NICE
 
 WORKER_PROCESSES = 2
 WORKER_THREADS = 8
@@ -37,8 +38,8 @@ class Context:
     redis_url: str
     sns: LocalSns
     events_file: Path
-    worker_nice: int = 0
-    """The relay workers' RELAY_WORKER_NICE (0: the same priority as everything else)."""
+    worker_nice: int | None = None
+    """The relay workers' RELAY_WORKER_NICE; None: the scenario's own (Scenario.worker_nice)."""
 
 
 @dataclass
@@ -62,6 +63,8 @@ class Scenario:
     """Scenarios whose rate this one is divided by in the report."""
     sns_client: str | None = None
     """The relay workers' RELAY_SNS_CLIENT, for the relay's paths."""
+    worker_nice: int = 0
+    """The relay workers' niceness unless the run sets one (--worker-nice)."""
 
 
 def relay_env(ctx: Context, sns_client: str) -> dict[str, str]:
@@ -76,7 +79,7 @@ def relay_env(ctx: Context, sns_client: str) -> dict[str, str]:
             "RELAY_SNS_CLIENT": sns_client,
             "RELAY_METRICS_PORT": str(free_port()),
             "RELAY_WEBHOOK_SECRET": WEBHOOK_SECRET,
-            "RELAY_WORKER_NICE": str(ctx.worker_nice),
+            "RELAY_WORKER_NICE": str(ctx.worker_nice or 0),
         }
     )
 
@@ -220,6 +223,8 @@ SCENARIOS: dict[str, Scenario] = {
             start_relay_http,
             baselines=("naive-http", "naive", "floor"),
             sns_client=HTTP_SNS_CLIENT,
+            # Ingest and workers on one machine is what `relay up` runs, and how it runs them.
+            worker_nice=UP_WORKER_NICE,
         ),
     )
 }
