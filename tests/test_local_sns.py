@@ -15,6 +15,7 @@ import subprocess
 import sys
 import time
 import urllib.error
+import urllib.parse
 import xml.etree.ElementTree as ET
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -24,10 +25,14 @@ import boto3
 import pytest
 from botocore.config import Config
 from botocore.exceptions import ClientError, ReadTimeoutError
+from hypothesis import example, given
+from hypothesis import strategies as st
 
 from relay import limits
 from relay.local_sns import LocalSnsClient, LocalSnsServer, serve
-from relay.local_sns.protocol import SNS_XMLNS
+from relay.local_sns.protocol import SNS_XMLNS, SnsError, parse_params
+from workers.sns import BatchEntry
+from workers.sns_lean import encode_publish_batch
 
 DEFAULT_LIMIT = limits.SNS_DEFAULT_MAX_MESSAGE_BYTES
 # 4 + 6 + 11 bytes: name, DataType and value all count toward the size (FACTS §1.1).
@@ -759,3 +764,78 @@ def test_binary_values_round_trip_as_base64(
     )
     [recorded] = server.messages()
     assert base64.b64decode(recorded["attributes"]["b"]["BinaryValue"]) == blob
+
+
+# The form parser -------------------------------------------------------------------------------
+
+# Text that urllib and the lean encoder can encode: anything but lone surrogates.
+ENCODABLE_TEXT = st.text(st.characters(blacklist_categories=("Cs",)))
+# Pieces of raw bodies, valid and not: separators, escapes good and bad, `+`, NUL, line breaks,
+# backslashes (the old decoder's escape character), UTF-8 and bytes that are not UTF-8.
+RAW_PIECES = st.sampled_from(
+    (
+        *(b"a", b"Z9", b".", b"&", b"=", b"+", b"%", b"%4", b"%41", b"%e9", b"%C3%A9", b"%C3"),
+        *(b"%3D", b"%3d", b"%26", b"%25", b"%2B", b"%00", b"%zz", b"%%", b"\\", b"\\x41"),
+        *(b"\x00", b"\n", b"\r\n", b"\xc3\xa9", b"\xff", b"%F0%9F%8E%89", b"=%3D=", b"&&"),
+    )
+)
+
+
+def parse_qsl_strictly(body: bytes) -> dict[str, str]:
+    """What urllib.parse.parse_qsl(keep_blank_values=True) does, on bytes, failing on non-UTF-8.
+
+    Split on `&`, skip empty pairs, split each at its first `=`, `+` to space, then percent-decode
+    (a `%` without two hex digits kept) and decode as UTF-8.
+    """
+
+    def decode(raw: bytes) -> str:
+        return urllib.parse.unquote_to_bytes(raw.replace(b"+", b" ")).decode("utf-8")
+
+    pairs = (pair.partition(b"=") for pair in body.split(b"&") if pair)
+    return {decode(name): decode(value) for name, _, value in pairs}
+
+
+@given(st.lists(st.tuples(ENCODABLE_TEXT, ENCODABLE_TEXT)))
+def test_the_form_parser_decodes_what_urlencode_encodes_as_parse_qsl_does(
+    pairs: list[tuple[str, str]],
+) -> None:
+    body = urllib.parse.urlencode(pairs)
+    expected = dict(urllib.parse.parse_qsl(body, keep_blank_values=True))
+    assert parse_params(b"", body.encode("ascii")) == expected
+    assert parse_params(body.encode("ascii"), b"") == expected
+
+
+@given(
+    st.lists(
+        st.builds(
+            BatchEntry,
+            id=st.from_regex(r"[A-Za-z0-9_-]{1,80}", fullmatch=True),
+            body=ENCODABLE_TEXT,
+            attributes=st.dictionaries(ENCODABLE_TEXT, ENCODABLE_TEXT, max_size=3),
+            group_id=st.none() | ENCODABLE_TEXT,
+        ),
+        max_size=10,
+    )
+)
+def test_the_form_parser_decodes_the_lean_publish_batch_body_as_parse_qsl_does(
+    entries: list[BatchEntry],
+) -> None:
+    body = encode_publish_batch("arn:aws:sns:us-east-1:123456789012:events", entries)
+    expected = dict(urllib.parse.parse_qsl(body.decode("ascii"), keep_blank_values=True))
+    assert parse_params(b"", body) == expected
+
+
+@given(st.lists(RAW_PIECES).map(b"".join), st.lists(RAW_PIECES).map(b"".join))
+@example(query=b"", body=b"a=%")  # a2b_qp drops an escape character at the very end
+def test_the_form_parser_decodes_any_body_pair_by_pair_or_fails_as_not_utf8(
+    query: bytes, body: bytes
+) -> None:
+    """Malformed bodies too: a stray `%` is kept, a `%00` decoded, non-UTF-8 a SnsError."""
+    try:
+        expected = parse_qsl_strictly(query) | parse_qsl_strictly(body)
+    except UnicodeDecodeError:
+        with pytest.raises(SnsError) as caught:
+            parse_params(query, body)
+        assert caught.value.code == "MalformedQueryString"
+    else:
+        assert parse_params(query, body) == expected
