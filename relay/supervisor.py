@@ -2,7 +2,8 @@
 
 `relay worker` is a small supervisor: it gives the workers a fresh prometheus multiprocess
 directory, serves the summed metrics (and the fleet-wide queue gauges) on RELAY_METRICS_PORT,
-runs `dramatiq workers.actors`, forwards SIGTERM/SIGINT, and exits with dramatiq's exit code.
+runs `dramatiq workers.actors`, starts it again when a worker process dies, forwards
+SIGTERM/SIGINT/SIGHUP, and exits with dramatiq's exit code once asked to stop.
 """
 
 from __future__ import annotations
@@ -13,6 +14,8 @@ import signal
 import subprocess
 import sys
 import tempfile
+import threading
+import time
 from collections.abc import Mapping
 from pathlib import Path
 from types import FrameType
@@ -28,6 +31,14 @@ WORKER_MODULE = "workers.actors"
 UP_WORKER_NICE = 10
 """`relay up`'s workers run at this niceness: sharing a machine with the ingest, draining a
 backlog must not slow the answers to webhooks (the backlog can wait; a sender times out)."""
+
+DRAMATIQ_WORKER_DIED = 1
+"""dramatiq's exit code (RET_KILLED) when a worker process died and it shut the rest down."""
+RESTART_BACKOFF_INITIAL_S = 1.0
+RESTART_BACKOFF_MAX_S = 30.0
+RESTART_STABLE_RUN_S = 10.0
+"""A fleet that ran this long before dying was working: it restarts after the initial backoff.
+One that dies sooner (a crash at every start) waits twice as long each time, up to the max."""
 
 SHUTDOWN_TIMEOUT_MS = 30_000
 """On SIGTERM, in-flight bundles get this long to finish; the rest return to the queue.
@@ -108,27 +119,68 @@ def lower_priority(nice: int) -> None:
 def run_workers(
     settings: Settings, processes: int, threads: int, metrics_port: int, *, nice: int = 0
 ) -> int:
-    """Run the fleet in the foreground until it exits or is signalled; return its exit code.
+    """Run the fleet in the foreground until it is signalled; return dramatiq's exit code.
 
-    The worker processes run at niceness `nice` (0: unchanged).
+    dramatiq's parent shuts every worker down and exits when one worker process dies (killed by
+    the kernel's OOM killer, say). Unless a stop was asked for, the fleet is started again here
+    after a backoff, so `relay up`'s ingest and this metrics endpoint keep running. The worker
+    processes run at niceness `nice` (0: unchanged).
     """
     multiproc_dir = fresh_multiproc_dir()
     server = serve_metrics(settings, multiproc_dir, metrics_port)
     lower_priority(nice)
-    child = start_workers(settings, processes, threads, multiproc_dir)
+    stop = threading.Event()
+    child: subprocess.Popen[bytes] | None = None
 
     def forward(signum: int, _frame: FrameType | None) -> None:
-        if child.poll() is None:
+        if signum != signal.SIGHUP:  # dramatiq reloads on SIGHUP: it goes on running
+            stop.set()
+        if child is not None and child.poll() is None:
             child.send_signal(signum)
 
     previous = {
         sig: signal.signal(sig, forward) for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
     }
+    backoff_s = RESTART_BACKOFF_INITIAL_S
     try:
-        code = child.wait()
+        while True:
+            started = time.monotonic()
+            child = start_workers(settings, processes, threads, multiproc_dir)
+            if stop.is_set():  # asked to stop while the child was being started
+                child.send_signal(signal.SIGTERM)
+            code = child.wait()
+            if stop.is_set() or code != DRAMATIQ_WORKER_DIED:
+                # Asked to stop, or a failure a restart would only repeat (a broken import,
+                # no broker at boot): exit with it, for whoever runs us to see.
+                return code
+            if time.monotonic() - started > RESTART_STABLE_RUN_S:
+                backoff_s = RESTART_BACKOFF_INITIAL_S
+            print(
+                f"relay worker: the worker processes exited with code {code} (one of them "
+                f"died); starting them again in {backoff_s:.0f} s. Bundles they held return to "
+                "the queue when their heartbeat runs out.",
+                file=sys.stderr,
+                flush=True,
+            )
+            forget_dead_gauges(multiproc_dir)
+            if stop.wait(backoff_s):
+                return code
+            backoff_s = min(backoff_s * 2, RESTART_BACKOFF_MAX_S)
     finally:
         for sig, handler in previous.items():
             signal.signal(sig, handler)
         server.shutdown()
         shutil.rmtree(multiproc_dir, ignore_errors=True)
-    return code
+
+
+def forget_dead_gauges(multiproc_dir: Path) -> None:
+    """Remove the gauge files of processes that are gone.
+
+    A gauge's last value stays in its process's file (the relay's gauges aggregate by max), so
+    a dead worker's open circuit would otherwise be reported for as long as the fleet runs.
+    Counters stay: their totals must not go backwards.
+    """
+    for path in multiproc_dir.glob("gauge_*.db"):
+        pid = path.stem.rsplit("_", 1)[-1]
+        if pid.isdigit() and not Path(f"/proc/{pid}").exists():
+            path.unlink(missing_ok=True)

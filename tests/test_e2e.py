@@ -8,6 +8,8 @@ or injected faults. Counts stay small: moto with an SQS subscription is slow (FA
 from __future__ import annotations
 
 import json
+import os
+import signal
 import time
 import uuid
 from collections.abc import Callable, Iterator
@@ -459,9 +461,12 @@ def _niceness(pid: int) -> int:
     return int(stat.rsplit(")", 1)[1].split()[16])
 
 
+def _children(pid: int) -> list[int]:
+    return [int(child) for child in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
+
+
 def _descendants(pid: int) -> list[int]:
-    children = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
-    found = [int(child) for child in children]
+    found = _children(pid)
     for child in list(found):
         found += _descendants(child)
     return found
@@ -488,3 +493,39 @@ def test_worker_nice_runs_the_publishing_processes_at_that_niceness(
         assert {pid: _niceness(pid) for pid in fleet} == dict.fromkeys(fleet, 7)
         assert _niceness(worker.process.pid) == 7  # its main thread, which started them
         assert scrape(worker.metrics_url)
+
+
+def test_worker_restarts_the_fleet_when_a_worker_process_is_killed(
+    local_sns: LocalSnsServer, make_settings: Callable[..., Settings], tmp_path: Path
+) -> None:
+    """kill -9 of one worker process: dramatiq shuts the rest down and exits; `relay worker`
+    starts a new fleet, which publishes what comes next, and still exits 0 on SIGTERM."""
+    topic = local_sns.state.create_topic("restart-topic", REGION, {})
+    settings = make_settings(sns_topic_arn=topic.arn)
+    with relay_worker(worker_variables(settings, local_sns.url), tmp_path, processes=2) as worker:
+        with Producer(settings) as producer:
+            producer.send_many([f'{{"type":"message.new","n":{n}}}' for n in range(10)])
+            local_sns.wait_for_published(10, timeout_s=DELIVERY_TIMEOUT_S)
+            first = poll_until(
+                lambda: pids if len(pids := _descendants(worker.process.pid)) >= 3 else None,
+                10.0,
+                what="dramatiq's parent and its 2 worker processes",
+            )
+            (dramatiq_parent,) = _children(worker.process.pid)
+            victim = _children(dramatiq_parent)[0]
+            assert victim in first
+            os.kill(victim, signal.SIGKILL)
+            # Then a new dramatiq parent with its own 2 worker processes, under the same supervisor
+            poll_until(
+                lambda: (
+                    dramatiq_parent not in (pids := _descendants(worker.process.pid))
+                    and len(pids) >= 3
+                ),
+                60.0,
+                what="a new fleet",
+            )
+            assert worker.process.poll() is None
+            producer.send_many([f'{{"type":"message.new","n":{n}}}' for n in range(10, 20)])
+        local_sns.wait_for_published(20, timeout_s=DELIVERY_TIMEOUT_S)
+        assert "starting them again" in worker.log()
+        assert worker.stop() == 0

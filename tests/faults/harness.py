@@ -249,6 +249,19 @@ class WorkerFleet:
             time.sleep(0.05)
         return pids
 
+    def masters(self) -> list[int]:
+        """dramatiq's master process (the supervisor's child), [] while there is none."""
+        return child_pids(self.process.pid) if self.process is not None and self.running() else []
+
+    def wait_restarted(self, before: list[int], timeout_s: float = FLEET_START_TIMEOUT_S) -> None:
+        """Wait until the supervisor has a new dramatiq master (not in `before`) with all its
+        worker processes forked."""
+        deadline = time.monotonic() + timeout_s
+        while not (set(self.masters()) - set(before)) or len(self.worker_pids()) < PROCESSES:
+            assert self.running(), f"relay worker exited\n{self.log()}"
+            assert time.monotonic() < deadline, f"no new fleet within {timeout_s} s"
+            time.sleep(0.05)
+
     def wait_exit(self, timeout_s: float = FLEET_EXIT_TIMEOUT_S) -> int:
         assert self.process is not None
         try:

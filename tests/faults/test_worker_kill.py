@@ -1,7 +1,7 @@
 """`kill -9` of a dramatiq worker process mid-publish, five times in a row, under load.
 
-dramatiq's master exits when a child dies (FACTS §9.5, #505), so the test restarts `relay worker`
-as a supervisor would. The killed process's bundles stay in its ack set until its heartbeat is
+dramatiq's master exits when a child dies (FACTS §9.5, #505); `relay worker` then starts a new
+fleet itself. The killed process's bundles stay in its ack set until its heartbeat is
 HEARTBEAT_TIMEOUT_MS (10 s) stale and another process's maintenance requeues them.
 """
 
@@ -63,15 +63,16 @@ def test_kill_9_of_a_worker_mid_publish_five_times_loses_no_acknowledged_event(
         # When both worker processes are mid-publish and one of them is killed with SIGKILL
         fleet.wait_workers()
         poll_until(lambda: busy_workers(rig) == 2, 30.0, what="both workers holding bundles")
+        masters = fleet.masters()
         victim = fleet.worker_pids()[0]
         killed_at = time.monotonic()
         os.kill(victim, signal.SIGKILL)
-        # Then the master stops the survivor and exits; the test restarts the fleet
-        fleet.wait_exit()
+        # Then the master stops the survivor and exits, and `relay worker` starts a new fleet
+        fleet.wait_restarted(masters)
+        # (read before the heartbeat timeout lets the new fleet requeue the victim's bundles)
         stranded = rig.ack_sets()
         events = {e for key, ids in stranded.items() for e in rig.bundle_event_ids(key, ids)}
         offset = rig.published()
-        fleet.start()
         if not events:
             continue  # the victim had just acked its last bundle: not mid-publish
         stranded_bundles += sum(len(ids) for ids in stranded.values())
