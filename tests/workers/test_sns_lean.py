@@ -17,6 +17,7 @@ import threading
 import time
 import urllib.parse
 from collections.abc import Iterator
+from dataclasses import replace
 from typing import Any
 from unittest import mock
 
@@ -24,8 +25,13 @@ import boto3
 import pytest
 import urllib3
 import yarl
-from botocore.awsrequest import AWSResponse
-from botocore.credentials import AssumeRoleCredentialFetcher, DeferredRefreshableCredentials
+from botocore.auth import SigV4Auth
+from botocore.awsrequest import AWSRequest, AWSResponse
+from botocore.credentials import (
+    AssumeRoleCredentialFetcher,
+    DeferredRefreshableCredentials,
+    ReadOnlyCredentials,
+)
 from botocore.exceptions import (
     ClientError,
     ConnectionClosedError,
@@ -839,3 +845,169 @@ def test_secrets_never_in_reprs_or_errors(canned: CannedSns) -> None:
     for text in texts:
         for secret in SECRETS:
             assert secret not in text
+
+
+# --- the answer's fast path ----------------------------------------------------------------------
+
+
+@pytest.fixture
+def answers(monkeypatch: pytest.MonkeyPatch) -> list[tuple[bytes, list[BatchEntry]]]:
+    """Every PublishBatch answer the lean path parses, with its entries, as they come."""
+    seen: list[tuple[bytes, list[BatchEntry]]] = []
+    parse = sns_lean.parse_publish_batch
+
+    def record(body: bytes, entries: list[BatchEntry]) -> sns.BatchResult:
+        seen.append((body, list(entries)))
+        return parse(body, entries)
+
+    monkeypatch.setattr(sns_lean, "parse_publish_batch", record)
+    return seen
+
+
+def outcome(parse: Any, body: bytes, entries: list[BatchEntry]) -> Any:
+    """What a parser returns, or the type and text of what it raises."""
+    try:
+        return parse(body, entries)
+    except Exception as exc:  # compared: both parsers must fail alike
+        return type(exc), str(exc)
+
+
+# Taken before the `answers` fixture wraps it.
+parse_publish_batch = sns_lean.parse_publish_batch
+
+
+def assert_parsers_agree(body: bytes, entries: list[BatchEntry]) -> None:
+    fast = outcome(parse_publish_batch, body, entries)
+    assert fast == outcome(sns_lean.parse_publish_batch_xml, body, entries)
+
+
+def fast_path_taken(body: bytes) -> bool:
+    return sns_lean._all_successful(body) is not None
+
+
+def test_fast_answer_reading_agrees_with_elementtree_on_moto_answers(
+    moto: MotoAws, answers: list[tuple[bytes, list[BatchEntry]]]
+) -> None:
+    """moto's answers (all accepted, partly failed, FIFO) read the same both ways."""
+    _, lean = moto_gateways(moto)
+    standard = moto.create_topic(f"fast-{next(_names)}")
+    fifo_name = f"fast-{next(_names)}.fifo"
+    fifo = moto.sns.create_topic(Name=fifo_name, Attributes={"FifoTopic": "true"})["TopicArn"]
+    entries = stream_entries(10)
+    # a dedup id on a standard topic: moto fails those entries alone, InvalidParameter
+    mixed = [e if n % 3 else replace(e, dedup_id=f"d{n}") for n, e in enumerate(entries)]
+    fifo_entries = [replace(e, group_id="g", dedup_id=f"d{n}") for n, e in enumerate(entries)]
+    assert set(lean.publish_batch(standard, entries).successful) == {e.id for e in entries}
+    assert lean.publish_batch(standard, mixed).failed.keys() == {"0", "3", "6", "9"}
+    assert len(lean.publish_batch(fifo, fifo_entries).successful) == 10
+    assert len(answers) == 3
+    assert fast_path_taken(answers[0][0])
+    assert not fast_path_taken(answers[1][0])
+    for body, sent in answers:
+        assert_parsers_agree(body, sent)
+
+
+def test_fast_answer_reading_agrees_with_elementtree_on_local_sns_answers(
+    local_sns: LocalSnsServer, answers: list[tuple[bytes, list[BatchEntry]]]
+) -> None:
+    """The local SNS's answers, with failures whose code and message need XML escapes."""
+    topic_arn = local_sns.create_topic("relay-events")
+    _, lean = both_gateways(sns_endpoint_url=local_sns.url)
+    assert not lean.publish_batch(topic_arn, stream_entries(10)).failed
+    local_sns.set_fault("entry_failure", code="Bad<&>'\"Code", sender_fault=True, count=1)
+    failed = lean.publish_batch(topic_arn, stream_entries(4)).failed
+    assert failed["0"].code == "Bad<&>'\"Code"
+    assert b"&lt;" in answers[1][0]
+    assert b"&amp;" in answers[1][0]
+    assert [fast_path_taken(body) for body, _ in answers] == [True, False]
+    for body, sent in answers:
+        assert_parsers_agree(body, sent)
+
+
+_NS = b'xmlns="http://sns.amazonaws.com/doc/2010-03-31/"'
+_OK = b"<member><Id>0</Id><MessageId>m-0</MessageId></member>"
+
+
+def answer(successful: bytes = _OK, failed: bytes = b"<Failed/>", *, head: bytes = b"") -> bytes:
+    return (
+        head + b"<PublishBatchResponse " + _NS + b"><PublishBatchResult><Successful>" + successful
+        + b"</Successful>" + failed + b"</PublishBatchResult><ResponseMetadata><RequestId>r-1"
+        b"</RequestId></ResponseMetadata></PublishBatchResponse>"
+    )  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("body", "fast"),
+    [
+        (answer(), True),
+        (answer(failed=b""), True),
+        (answer(failed=b"<Failed>\n</Failed>"), True),
+        (answer(head=b'<?xml version="1.0" encoding="UTF-8"?>\n'), True),
+        (
+            answer(
+                b"\n  <member>\n    <MessageId>m-0</MessageId>\r\n    <Id>0</Id>\n  </member>\n"
+            ),
+            True,
+        ),
+        (answer(_OK + b"<member><Id>0</Id><MessageId>m-again</MessageId></member>"), True),
+        (answer(_OK.replace(b"m-0", b"")), True),
+        (answer(b""), True),
+        (answer(_OK + _OK.replace(b"0", b"1")), True),
+        (answer(_OK.replace(b"m-0", b"m&amp;0")), False),
+        (answer(_OK.replace(b"m-0", b"<![CDATA[m-0]]>")), False),
+        (answer(_OK.replace(b"m-0", b"m-\r0")), False),
+        (answer(_OK.replace(b"<Id>", b"<!-- c --><Id>")), False),
+        (
+            answer(_OK.replace(b"</MessageId>", b"</MessageId><SequenceNumber>1</SequenceNumber>")),
+            False,
+        ),
+        (answer(_OK.replace(b"<Id>0</Id>", b"")), False),
+        (answer(_OK.replace(b"</Id>", b"</MessageId>")), False),
+        (answer(_OK.replace(b"</member>", b"")), False),
+        (answer(failed=b"<Failed><member><Id>1</Id><Code>X</Code></member></Failed>"), False),
+        (answer(head=b' <?xml version="1.0"?>'), False),
+        (answer().replace(_NS, b'xmlns="urn:other"'), False),
+        (answer().replace(b"r-1", b"r\x001"), False),
+        (answer() + b"<extra/>", False),
+        (b"not xml", False),
+    ],
+)
+def test_fast_answer_reading_agrees_with_elementtree_on_edge_cases(body: bytes, fast: bool) -> None:
+    """Answers of every shape read the same both ways; the fast path takes only plain ones."""
+    entries = [BatchEntry(id_, "{}", {}) for id_ in "012"]
+    assert fast_path_taken(body) is fast
+    assert_parsers_agree(body, entries)
+
+
+# --- the signature -------------------------------------------------------------------------------
+
+
+def test_the_reused_signing_key_signs_as_botocore_does() -> None:
+    """The lean signer's signatures equal botocore's as secret, day, region and service change."""
+    keys = sns_lean._SigningKeys()
+    cases = [
+        ("secret-a", "20260101T000000Z", "us-east-1", "sns"),
+        ("secret-a", "20260101T235959Z", "us-east-1", "sns"),  # same day: the kept key
+        ("secret-a", "20260102T000000Z", "us-east-1", "sns"),  # a new day: a new key
+        ("secret-b", "20260102T000000Z", "us-east-1", "sns"),  # a refreshed credential
+        ("secret-b", "20260102T000000Z", "eu-west-3", "sns"),
+        ("secret-b", "20260102T000000Z", "eu-west-3", "sqs"),
+        ("secret-a", "20260101T000000Z", "us-east-1", "sns"),  # back to the first
+    ]
+    for secret, timestamp, region, service in cases:
+        credentials = ReadOnlyCredentials(SNS_KEY, secret, None)
+        request = AWSRequest(method="POST", url="https://sns.example/", data=b"x")
+        request.context["timestamp"] = timestamp
+        ours = sns_lean._SigV4Auth(credentials, service, region, keys)
+        theirs = SigV4Auth(credentials, service, region)
+        for text in ("string to sign", "another"):
+            assert ours.signature(text, request) == theirs.signature(text, request)
+    assert secret not in repr(keys)
+
+
+def test_the_request_body_is_what_prepare_makes_of_it() -> None:
+    """The signed request's body reads as botocore's prepared body, without preparing."""
+    for data in (b"Action=PublishBatch&x=%2C", b"\xff"):
+        ours = sns_lean._BodyRequest(method="POST", url="https://sns.example/", data=data)
+        theirs = AWSRequest(method="POST", url="https://sns.example/", data=data)
+        assert ours.body == theirs.body == data
