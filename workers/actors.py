@@ -79,7 +79,23 @@ class StopHolding(Middleware):
         breaker.stop()
 
 
+class MakePublisher(Middleware):
+    """Each worker process makes its publisher as it boots, not inside its first bundle.
+
+    Making the SNS client (botocore loads and parses its service model) costs a worker process
+    more CPU than hundreds of bundles; done here, no bundle waits on it. Should it fail, the first
+    bundle tries again and fails where dramatiq retries it, as if nothing had been tried here.
+    """
+
+    def after_process_boot(self, broker: Any) -> None:
+        try:
+            publisher()
+        except Exception as exc:
+            log.warning("could not make the publisher at boot", error=type(exc).__name__)
+
+
 broker.add_middleware(StopHolding())
+broker.add_middleware(MakePublisher())
 
 _publisher: Publisher | None = None
 _publisher_pid: int | None = None

@@ -861,3 +861,20 @@ def test_actor_leaves_nothing_pending_after_a_trimmed_retry(
         setup.module.publish_bundle.fn(setup.wires)
     setup.module.publish_bundle.fn(setup.wires)  # dramatiq's retry, same message id
     assert setup.rig.store.pending_events() == 0
+
+
+def test_a_worker_process_makes_its_publisher_as_it_boots(
+    actors: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The boot hook makes the process's publisher; a failure there is logged, not raised."""
+    made: list[int] = []
+    monkeypatch.setattr(actors, "publisher", lambda: made.append(1))
+    actors.MakePublisher().after_process_boot(actors.broker)
+    assert made == [1]
+
+    def fail() -> None:
+        raise RuntimeError("no SNS client")
+
+    monkeypatch.setattr(actors, "publisher", fail)
+    actors.MakePublisher().after_process_boot(actors.broker)  # no exception
+    assert any(isinstance(m, actors.MakePublisher) for m in actors.broker.middleware)
