@@ -1,7 +1,8 @@
 """Group commit: concurrent deliveries are stored together, atomically, in one round trip per batch.
 
 A delivery (one request's events, its oversize events to record as dropped, and its webhook id)
-waits at most a short linger for company; then its batch is written by one Lua script that
+gathers with others while the batches before it are written (and at most a linger more); then
+its batch is written by one Lua script that
 checks the batch's seen-markers and, only if none is set, runs every write: the events as
 bundles, the drop records, the totals, and last the seen-markers. So a delivery is marked seen
 only in the script that stores it, and a duplicate racing in from another ingest process is
@@ -32,11 +33,15 @@ from relay.store import RelayStore
 
 log = logging.getLogger(__name__)
 
-DEFAULT_LINGER_S = 0.001
-"""Under load, how long a batch gathers deliveries; what it adds to a request's latency."""
+DEFAULT_LINGER_S = 0.0
+"""How long a batch may wait for company beyond the batches in flight. None: measured with wrk
+(16 connections, one event per POST), a 1 ms linger gave 4,580-5,635 requests/s where none gave
+5,456-6,412; deliveries gather anyway while the batches before them are written."""
 DEFAULT_MAX_BATCH_EVENTS = 500
-DEFAULT_MAX_IN_FLIGHT = 1
-"""Batches written at once; while one runs, new deliveries gather into the next, bigger one."""
+DEFAULT_MAX_IN_FLIGHT = 2
+"""Batches written at once; while they run, new deliveries gather into the next one. Two keep
+Redis busy while the ingest prepares the next batch: 6,356-6,562 requests/s against 5,456-6,412
+with one, in the same runs."""
 CHECK_ATTEMPTS = 5
 """Each attempt that finds seen-markers drops their deliveries, so the batch only shrinks."""
 DROP_RECORDS_PER_COMMAND = 1_000
