@@ -52,7 +52,7 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
         "--worker-nice",
         type=int,
         default=None,
-        help="run the relay's workers at this niceness (default: 10 on relay-http, as `relay "
+        help="run the relay's workers at this niceness (default: 5 on relay-http, as `relay "
         "up` runs them; 0 elsewhere)",
     )
     parser.add_argument(

@@ -28,9 +28,11 @@ from relay.settings import Settings
 WORKER_MODULE = "workers.actors"
 """Named, not imported: the producer side never imports the workers package."""
 
-UP_WORKER_NICE = 10
+UP_WORKER_NICE = 5
 """`relay up`'s workers run at this niceness: sharing a machine with the ingest, draining a
-backlog must not slow the answers to webhooks (the backlog can wait; a sender times out)."""
+backlog should not slow the answers to webhooks, and must still keep up with a steady flow.
+Measured on 2 cores (make bench's relay-http, fed at half its flood rate): at 10 the workers
+fell behind (enqueue to publish p50 1.5-1.8 s); at 5 they kept up (p50 18-27 ms, like 0)."""
 
 DRAMATIQ_WORKER_DIED = 1
 """dramatiq's exit code (RET_KILLED) when a worker process died and it shut the rest down."""
