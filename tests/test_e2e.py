@@ -472,6 +472,15 @@ def _descendants(pid: int) -> list[int]:
     return found
 
 
+def _fleet(worker: WorkerProcess) -> list[int]:
+    """dramatiq's parent and its 2 worker processes under `relay worker -p 2`, once all are up."""
+    return poll_until(
+        lambda: pids if len(pids := _descendants(worker.process.pid)) >= 3 else [],
+        10.0,
+        what="dramatiq's parent and its 2 worker processes",
+    )
+
+
 def test_worker_nice_runs_the_publishing_processes_at_that_niceness(
     local_sns: LocalSnsServer, make_settings: Callable[..., Settings], tmp_path: Path
 ) -> None:
@@ -484,12 +493,7 @@ def test_worker_nice_runs_the_publishing_processes_at_that_niceness(
         with Producer(settings) as producer:
             producer.send_many([f'{{"type":"message.new","n":{n}}}' for n in range(20)])
         local_sns.wait_for_published(20, timeout_s=DELIVERY_TIMEOUT_S)
-        # dramatiq's parent and its two worker processes
-        fleet = poll_until(
-            lambda: pids if len(pids := _descendants(worker.process.pid)) >= 3 else None,
-            10.0,
-            what="dramatiq's parent and its 2 worker processes",
-        )
+        fleet = _fleet(worker)
         assert {pid: _niceness(pid) for pid in fleet} == dict.fromkeys(fleet, 7)
         assert _niceness(worker.process.pid) == 7  # its main thread, which started them
         assert scrape(worker.metrics_url)
@@ -506,11 +510,7 @@ def test_worker_restarts_the_fleet_when_a_worker_process_is_killed(
         with Producer(settings) as producer:
             producer.send_many([f'{{"type":"message.new","n":{n}}}' for n in range(10)])
             local_sns.wait_for_published(10, timeout_s=DELIVERY_TIMEOUT_S)
-            first = poll_until(
-                lambda: pids if len(pids := _descendants(worker.process.pid)) >= 3 else None,
-                10.0,
-                what="dramatiq's parent and its 2 worker processes",
-            )
+            first = _fleet(worker)
             (dramatiq_parent,) = _children(worker.process.pid)
             victim = _children(dramatiq_parent)[0]
             assert victim in first
