@@ -14,7 +14,6 @@ import signal
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 from collections.abc import Mapping
 from pathlib import Path
@@ -38,6 +37,7 @@ DRAMATIQ_WORKER_DIED = 1
 """dramatiq's exit code (RET_KILLED) when a worker process died and it shut the rest down."""
 RESTART_BACKOFF_INITIAL_S = 1.0
 RESTART_BACKOFF_MAX_S = 30.0
+RESTART_POLL_S = 0.1
 RESTART_STABLE_RUN_S = 10.0
 """A fleet that ran this long before dying was working: it restarts after the initial backoff.
 One that dies sooner (a crash at every start) waits twice as long each time, up to the max."""
@@ -131,12 +131,15 @@ def run_workers(
     multiproc_dir = fresh_multiproc_dir()
     server = serve_metrics(settings, multiproc_dir, metrics_port)
     lower_priority(nice)
-    stop = threading.Event()
+    # A plain flag, not a threading.Event: the handler runs in this same thread, and an Event's
+    # lock taken by the interrupted code would deadlock it.
+    stopping = False
     child: subprocess.Popen[bytes] | None = None
 
     def forward(signum: int, _frame: FrameType | None) -> None:
+        nonlocal stopping
         if signum != signal.SIGHUP:  # dramatiq reloads on SIGHUP: it goes on running
-            stop.set()
+            stopping = True
         if child is not None and child.poll() is None:
             child.send_signal(signum)
 
@@ -148,10 +151,10 @@ def run_workers(
         while True:
             started = time.monotonic()
             child = start_workers(settings, processes, threads, multiproc_dir)
-            if stop.is_set():  # asked to stop while the child was being started
+            if stopping:  # asked to stop while the child was being started
                 child.send_signal(signal.SIGTERM)
             code = child.wait()
-            if stop.is_set() or code != DRAMATIQ_WORKER_DIED:
+            if stopping or code != DRAMATIQ_WORKER_DIED:
                 # Asked to stop, or a failure a restart would only repeat (a broken import,
                 # no broker at boot): exit with it, for whoever runs us to see.
                 return code
@@ -165,8 +168,11 @@ def run_workers(
                 flush=True,
             )
             forget_dead_gauges(multiproc_dir)
-            if stop.wait(backoff_s):
-                return code
+            restart_at = time.monotonic() + backoff_s
+            while not stopping and time.monotonic() < restart_at:
+                time.sleep(RESTART_POLL_S)  # a stop signal is seen within this
+            if stopping:
+                return 0  # nothing runs any more, and that is what was asked for
             backoff_s = min(backoff_s * 2, RESTART_BACKOFF_MAX_S)
     finally:
         for sig, handler in previous.items():

@@ -529,3 +529,20 @@ def test_worker_restarts_the_fleet_when_a_worker_process_is_killed(
         local_sns.wait_for_published(20, timeout_s=DELIVERY_TIMEOUT_S)
         assert "starting them again" in worker.log()
         assert worker.stop() == 0
+
+
+def test_sigterm_while_the_fleet_restarts_exits_0(
+    local_sns: LocalSnsServer, make_settings: Callable[..., Settings], tmp_path: Path
+) -> None:
+    """A stop asked for between a dead fleet and the next one ends `relay worker` at once."""
+    topic = local_sns.state.create_topic("restart-stop-topic", REGION, {})
+    settings = make_settings(sns_topic_arn=topic.arn)
+    with relay_worker(worker_variables(settings, local_sns.url), tmp_path, processes=2) as worker:
+        with Producer(settings) as producer:  # once this is published, both workers are up
+            producer.send_many([f'{{"type":"message.new","n":{n}}}' for n in range(10)])
+        local_sns.wait_for_published(10, timeout_s=DELIVERY_TIMEOUT_S)
+        _fleet(worker)
+        (dramatiq_parent,) = _children(worker.process.pid)
+        os.kill(_children(dramatiq_parent)[0], signal.SIGKILL)
+        poll_until(lambda: "starting them again" in worker.log(), 30.0, what="the restart notice")
+        assert worker.stop(timeout_s=5.0) == 0
