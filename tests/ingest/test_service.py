@@ -1,5 +1,6 @@
-"""The ingest's Redis client: every command leaves in one buffer, byte for byte what redis-py
-would have sent in pieces, and still works against a real server."""
+"""The ingest's service and server: every Redis command leaves in one buffer, byte for byte
+what redis-py would have sent in pieces, and still works against a real server; the server
+freezes its long-lived objects before it serves."""
 
 from __future__ import annotations
 
