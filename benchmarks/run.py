@@ -52,8 +52,8 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
         "--worker-nice",
         type=int,
         default=None,
-        help="run the relay's workers at this niceness (default: 5 on relay-http, as `relay "
-        "up` runs them; 0 elsewhere)",
+        help="run the relay's workers at this niceness (default 0, as relay up and relay worker "
+        "run them)",
     )
     parser.add_argument(
         "--profile", type=Path, help="py-spy the workers during each flood into DIR (skews CPU)"

@@ -22,7 +22,6 @@ from benchmarks.harness import (
     spawn,
     wait_until,
 )
-from relay.supervisor import UP_WORKER_NICE
 
 WORKER_PROCESSES = 2
 WORKER_THREADS = 8
@@ -223,8 +222,6 @@ SCENARIOS: dict[str, Scenario] = {
             start_relay_http,
             baselines=("naive-http", "naive", "floor"),
             sns_client=HTTP_SNS_CLIENT,
-            # Ingest and workers on one machine is what `relay up` runs, and how it runs them.
-            worker_nice=UP_WORKER_NICE,
         ),
     )
 }

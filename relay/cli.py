@@ -22,7 +22,7 @@ from rich.table import Table
 
 from relay.errors import ConfigError, QueueUnavailable
 from relay.settings import Settings
-from relay.supervisor import UP_WORKER_NICE
+from relay.supervisor import DEFAULT_WORKER_NICE
 
 EXIT_OK = 0
 EXIT_PROBLEM = 1
@@ -104,7 +104,7 @@ def nice_option(default: int) -> Callable[[F], F]:
 @main.command()
 @click.option("--processes", "-p", default=2, show_default=True, help="Worker processes.")
 @click.option("--threads", "-t", default=8, show_default=True, help="Threads per process.")
-@nice_option(0)
+@nice_option(DEFAULT_WORKER_NICE)
 def worker(processes: int, threads: int, nice: int) -> None:
     """Run the worker fleet: publish queued bundles to SNS; metrics on RELAY_METRICS_PORT."""
     from relay.supervisor import run_workers
@@ -467,7 +467,7 @@ def local_sns(
     is_flag=True,
     help="Let the ingest accept unsigned requests when RELAY_WEBHOOK_SECRET is unset.",
 )
-@nice_option(UP_WORKER_NICE)
+@nice_option(DEFAULT_WORKER_NICE)
 def up(
     processes: int, threads: int, host: str, port: int, insecure_no_signature: bool, nice: int
 ) -> None:

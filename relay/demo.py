@@ -35,7 +35,6 @@ from relay.keys import Keys
 from relay.local_sns import LocalSnsServer
 from relay.settings import Settings
 from relay.store import RelayStore
-from relay.supervisor import UP_WORKER_NICE
 
 DEMO_REGION = "us-east-1"
 DEMO_TOPIC = "stream-events"
@@ -111,9 +110,7 @@ def run_demo(
     ingest_url = f"http://127.0.0.1:{_free_port()}"
     log = (data_dir / "demo.log").open("ab")
     ingest = _start(["ingest", "--port", ingest_url.rsplit(":", 1)[1]], env, log)
-    # As `relay up` runs them: below the ingest, so the spike is answered while workers drain.
-    nice = ["--nice", str(UP_WORKER_NICE)]
-    workers = _start(["worker", "-p", str(processes), "-t", str(threads), *nice], env, log)
+    workers = _start(["worker", "-p", str(processes), "-t", str(threads)], env, log)
     try:
         _wait_until_up(ingest_url, ingest)
         console.print(f"  ingest {ingest_url}   logs {data_dir / 'demo.log'}")

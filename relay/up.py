@@ -10,7 +10,7 @@ import sys
 
 from relay.embedded import start_valkey, stop_valkey
 from relay.settings import Settings
-from relay.supervisor import UP_WORKER_NICE, run_workers
+from relay.supervisor import DEFAULT_WORKER_NICE, run_workers
 
 INGEST_STOP_TIMEOUT_S = 20.0
 """The ingest finishes in-flight requests within 10 s of SIGTERM; this leaves it a margin."""
@@ -24,10 +24,10 @@ def run_up(
     ingest_host: str = "127.0.0.1",
     ingest_port: int = 8080,
     insecure_no_signature: bool = False,
-    worker_nice: int = UP_WORKER_NICE,
+    worker_nice: int = DEFAULT_WORKER_NICE,
 ) -> int:
-    """Run until signalled; return the workers' exit code. The workers run at `worker_nice`,
-    below the ingest and Valkey, which were started first."""
+    """Run until signalled; return the workers' exit code. The workers run at niceness
+    `worker_nice` (the ingest and Valkey, started first, keep theirs)."""
     server = None
     if not settings.redis_url:
         settings.data_dir.mkdir(parents=True, exist_ok=True)
