@@ -473,7 +473,14 @@ def _descendants(pid: int) -> list[int]:
 
 
 def _fleet(worker: WorkerProcess) -> list[int]:
-    """dramatiq's parent and its 2 worker processes under `relay worker -p 2`, once all are up."""
+    """dramatiq's parent and its 2 worker processes under `relay worker -p 2`, once both have
+    booted: dramatiq's parent waits up to 30 s (its worker_fork_timeout) for a worker killed
+    before it said it was ready, and a test killing one must not pay that."""
+    poll_until(
+        lambda: worker.log().count("Worker process is ready for action") >= 2,
+        30.0,
+        what="both worker processes ready",
+    )
     return poll_until(
         lambda: pids if len(pids := _descendants(worker.process.pid)) >= 3 else [],
         10.0,
