@@ -36,6 +36,7 @@ from tests.helpers import (
     TEST_KEY,
     TEST_SECRET,
     WorkerProcess,
+    child_pids,
     moto_server,
     poll_until,
     relay_worker,
@@ -461,12 +462,8 @@ def _niceness(pid: int) -> int:
     return int(stat.rsplit(")", 1)[1].split()[16])
 
 
-def _children(pid: int) -> list[int]:
-    return [int(child) for child in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
-
-
 def _descendants(pid: int) -> list[int]:
-    found = _children(pid)
+    found = child_pids(pid)
     for child in list(found):
         found += _descendants(child)
     return found
@@ -518,8 +515,8 @@ def test_worker_restarts_the_fleet_when_a_worker_process_is_killed(
             producer.send_many([f'{{"type":"message.new","n":{n}}}' for n in range(10)])
             local_sns.wait_for_published(10, timeout_s=DELIVERY_TIMEOUT_S)
             first = _fleet(worker)
-            (dramatiq_parent,) = _children(worker.process.pid)
-            victim = _children(dramatiq_parent)[0]
+            (dramatiq_parent,) = child_pids(worker.process.pid)
+            victim = child_pids(dramatiq_parent)[0]
             assert victim in first
             os.kill(victim, signal.SIGKILL)
             # Then a new dramatiq parent with its own 2 worker processes, under the same supervisor
@@ -549,7 +546,7 @@ def test_sigterm_while_the_fleet_restarts_exits_0(
             producer.send_many([f'{{"type":"message.new","n":{n}}}' for n in range(10)])
         local_sns.wait_for_published(10, timeout_s=DELIVERY_TIMEOUT_S)
         _fleet(worker)
-        (dramatiq_parent,) = _children(worker.process.pid)
-        os.kill(_children(dramatiq_parent)[0], signal.SIGKILL)
+        (dramatiq_parent,) = child_pids(worker.process.pid)
+        os.kill(child_pids(dramatiq_parent)[0], signal.SIGKILL)
         poll_until(lambda: "starting them again" in worker.log(), 30.0, what="the restart notice")
         assert worker.stop(timeout_s=5.0) == 0

@@ -19,6 +19,7 @@ from typing import Any
 from relay.embedded import start_server
 from tests.helpers import (
     WORKER_STOP_TIMEOUT_S,
+    child_pids,
     free_port,
     relay_command,
     relay_env,
@@ -32,23 +33,6 @@ FLEET_START_TIMEOUT_S = 30.0
 FLEET_EXIT_TIMEOUT_S = 40.0
 """A fleet whose master saw a child die stops its siblings gracefully: 30 s at most, plus slack."""
 ACCEPT_POLL_S = 0.1
-
-
-def child_pids(pid: int) -> list[int]:
-    """Live children of `pid`, read from /proc."""
-    children = []
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            stat = (entry / "stat").read_text()
-        except OSError:
-            continue
-        # "pid (comm) state ppid ...": comm may hold spaces and parentheses, so split after it.
-        state, ppid = stat[stat.rindex(")") + 2 :].split()[:2]
-        if int(ppid) == pid and state != "Z":
-            children.append(int(entry.name))
-    return sorted(children)
 
 
 def rss_bytes(pid: int) -> int:
