@@ -51,9 +51,13 @@ def attributes_bytes(attributes: Mapping[str, str]) -> int:
     )
 
 
-def message_bytes(body: str, attributes: Mapping[str, str]) -> int:
-    """The size SNS checks against the topic limit: UTF-8 body plus every attribute."""
-    return utf8_len(body) + attributes_bytes(attributes)
+def message_bytes(body: str, attributes: Mapping[str, str], body_bytes: int | None = None) -> int:
+    """The size SNS checks against the topic limit: UTF-8 body plus every attribute.
+
+    `body_bytes`, when the caller already knows the body's UTF-8 size (it holds the bytes the
+    text was decoded from), saves encoding a non-ASCII body again.
+    """
+    return (utf8_len(body) if body_bytes is None else body_bytes) + attributes_bytes(attributes)
 
 
 def validate_max_message_bytes(value: int) -> int:

@@ -15,6 +15,7 @@ from relay.errors import InvalidEvent
 from relay.event import Event, attributes_for, check_event_id, new_event_id
 from relay.ingest.http import Answer
 from relay.ingest.payload import Body, kind_of
+from relay.limits import message_bytes
 
 
 @dataclass(slots=True)
@@ -52,7 +53,9 @@ def split(body: Body, ids: list[str], limit_bytes: int, received_at_s: float) ->
             result.invalid += 1
             _note(result, index, event_id, "invalid", f"not a JSON object but {kind_of(value)}")
             continue
-        event = Event(event_id, element.text, attributes_for(value, event_id), received_at_s)
+        attributes = attributes_for(value, event_id)
+        size_bytes = message_bytes(element.text, attributes, element.size_bytes)
+        event = Event(event_id, element.text, attributes, received_at_s, size_bytes)
         if event.size_bytes > limit_bytes:
             result.dropped.append(event)
             _note(result, index, event_id, "dropped", _too_large(event, limit_bytes))

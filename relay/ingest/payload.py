@@ -13,6 +13,8 @@ from typing import Any
 
 import orjson
 
+from relay.limits import utf8_len
+
 JSON_WHITESPACE = " \t\n\r"
 
 # A JSON string (escapes included) or one structural character. Skipping whole strings is what
@@ -30,9 +32,11 @@ class MalformedBody(ValueError):
 
 @dataclass(frozen=True, slots=True)
 class Element:
-    """One event candidate: its exact source text and its parsed value (maybe not an object)."""
+    """One event candidate: its exact source text, the text's size in UTF-8 bytes, and its
+    parsed value (maybe not an object)."""
 
     text: str
+    size_bytes: int
     value: Any
 
 
@@ -55,13 +59,13 @@ def parse_body(raw: bytes) -> Body:
     except orjson.JSONDecodeError as exc:
         raise MalformedBody(f"body is not valid JSON: {exc}") from None
     if isinstance(value, dict):
-        return Body(False, [Element(text, value)])
+        return Body(False, [Element(text, len(raw), value)])
     if isinstance(value, list):
         texts = element_texts(text)
         # The scanner runs on text orjson has just accepted, so the counts can only differ
         # through a bug here; failing loudly beats forwarding a wrong slice.
         assert len(texts) == len(value), "array scanner disagrees with the JSON parser"
-        return Body(True, [Element(t, v) for t, v in zip(texts, value, strict=True)])
+        return Body(True, [Element(t, utf8_len(t), v) for t, v in zip(texts, value, strict=True)])
     raise MalformedBody(f"body must be a JSON object or an array of objects, not {kind_of(value)}")
 
 

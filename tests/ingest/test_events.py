@@ -357,6 +357,46 @@ def test_a_single_event_over_the_sns_limit_is_413_and_recorded_as_dropped(
     assert sample("relay_events_dropped_total", reason="too_large") - dropped == 1
 
 
+def _multibyte_event(size_bytes: int, event_id: str) -> str:
+    """A JSON object of exactly `size_bytes` as an SNS message: UTF-8 body plus attributes."""
+    attributes = len("type") + len("String") + len("message.new")
+    attributes += len("event_id") + len("String") + len(event_id)
+    head, tail = '{"type":"message.new","text":"', '"}'
+    room = size_bytes - attributes - len(head) - len(tail)
+    text = "é" * (room // 2) + "x" * (room % 2)  # two UTF-8 bytes per character
+    event = head + text + tail
+    assert len(event.encode()) + attributes == size_bytes
+    return event
+
+
+@pytest.mark.parametrize("over_by", [-1, 0, 1])
+def test_the_sns_limit_counts_utf8_bytes_and_attributes_at_its_boundary(
+    valkey: Any, redis_sync: redis.Redis, over_by: int
+) -> None:
+    """Multibyte events of limit-1 and limit bytes (attributes counted) are stored, limit+1 not,
+    both as a single event and as an array element."""
+    limit = 1024
+    settings = make_settings(valkey.connection_url, max_message_bytes=limit)
+    single = _multibyte_event(limit + over_by, "one").encode()
+    element = _multibyte_event(limit + over_by, "arr-0")
+    array = f"[{element}]".encode()
+
+    with AppRunner(create_app(settings)) as runner:
+        answers = [
+            runner.post(single, signed(single, webhook_id="one")),
+            runner.post(array, signed(array, webhook_id="arr")),
+        ]
+
+    stored = {event_id for event_id, *_ in stored_events(redis_sync, settings.namespace)}
+    dropped = {r.event_id for r in RelayStore(redis_sync, Keys(settings.namespace)).dropped()}
+    if over_by <= 0:
+        assert [answer.status_code for answer in answers] == [200, 200]
+        assert (stored, dropped) == ({"one", "arr-0"}, set())
+    else:
+        assert [answer.status_code for answer in answers] == [413, 413]
+        assert (stored, dropped) == (set(), {"one", "arr-0"})
+
+
 def test_thousands_of_oversize_events_in_one_array_are_all_recorded(
     valkey: Any, redis_sync: redis.Redis
 ) -> None:
