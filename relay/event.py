@@ -6,7 +6,6 @@ and to read the attributes subscribers filter on, and never re-serialized.
 
 from __future__ import annotations
 
-import re
 import time
 import uuid
 from collections.abc import Mapping
@@ -22,9 +21,8 @@ EVENT_ID_ATTRIBUTE = "event_id"
 PAYLOAD_ATTRIBUTES = ("type", "cid", "channel_type", "team")
 """Top-level payload fields copied into String attributes when present (Stream's schema)."""
 
-MAX_EVENT_ID_CHARS = 128
-# The FIFO MessageDeduplicationId charset (FACTS §3.3), so the id can serve as one.
-_EVENT_ID_RE = re.compile(r"^[!-~]{1,128}$")
+MAX_EVENT_ID_CHARS = limits.SNS_MAX_FIFO_ID_CHARS
+"""An event id is a valid FIFO MessageDeduplicationId, so it can serve as one."""
 MAX_ATTRIBUTE_VALUE_CHARS = 1_024
 """Longer payload fields are left out of the attributes: they are for filtering, not content."""
 
@@ -75,7 +73,7 @@ def new_event_id() -> str:
 
 def check_event_id(event_id: str) -> str:
     """Return `event_id` if it can serve as an attribute and a FIFO dedup id; else InvalidEvent."""
-    if not _EVENT_ID_RE.fullmatch(event_id):
+    if not limits.is_fifo_id(event_id):
         raise InvalidEvent(
             f"event id must be 1-{MAX_EVENT_ID_CHARS} printable ASCII characters without spaces",
             event_id=event_id[:MAX_EVENT_ID_CHARS] if event_id.isprintable() else None,

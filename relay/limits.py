@@ -24,6 +24,7 @@ SNS_MAX_ATTRIBUTES = 10
 SNS_MAX_ATTRIBUTE_NAME_CHARS = 256
 SNS_MAX_BATCH_ENTRY_ID_CHARS = 80
 SNS_MAX_SUBJECT_CHARS = 100
+SNS_MAX_FIFO_ID_CHARS = 128
 
 STRING_DATA_TYPE = "String"
 _STRING_DATA_TYPE_BYTES = len(STRING_DATA_TYPE)
@@ -31,6 +32,8 @@ _STRING_DATA_TYPE_BYTES = len(STRING_DATA_TYPE)
 _ATTRIBUTE_NAME_RE = re.compile(r"^[A-Za-z0-9_.\-]+$")
 _BATCH_ENTRY_ID_RE = re.compile(r"^[A-Za-z0-9_\-]{1,80}$")
 _RESERVED_ATTRIBUTE_PREFIXES = ("aws.", "amazon.")
+# MessageGroupId and MessageDeduplicationId: a-z A-Z 0-9 and ASCII punctuation (FACTS §3.3).
+_FIFO_ID_RE = re.compile(rf"^[!-~]{{1,{SNS_MAX_FIFO_ID_CHARS}}}$")
 
 
 def utf8_len(text: str) -> int:
@@ -93,6 +96,11 @@ def batch_entry_id_error(entry_id: str) -> str | None:
             "of A-Z a-z 0-9 - _"
         )
     return None
+
+
+def is_fifo_id(value: str) -> bool:
+    """Whether SNS takes `value` as a MessageGroupId or MessageDeduplicationId."""
+    return _FIFO_ID_RE.fullmatch(value) is not None
 
 
 T = TypeVar("T")

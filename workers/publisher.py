@@ -49,6 +49,12 @@ SPLITTABLE_CODES = frozenset({TOO_LARGE_CODE, "TooManyEntriesInBatchRequest"})
 TOPIC_LIMIT_REFRESH_S = 300.0
 """How often a worker re-reads the topic's MaximumMessageSize (it can change at any time)."""
 
+FIFO_GROUP_ATTRIBUTE = "cid"
+"""On a FIFO topic an event's MessageGroupId is its Stream channel (`cid`): a channel's events
+are delivered in the order SNS accepted them, and a busy channel does not hold up the others."""
+FIFO_FALLBACK_GROUP_ID = "sns-relay"
+"""The group of events without a `cid` that SNS takes as a group id (absent, non-ASCII, long)."""
+
 
 class _RetryableBatch(Exception):
     """Some entries of a batch failed transiently; the loop re-sends only those."""
@@ -121,6 +127,18 @@ class TopicLimit:
             self.store.set_topic_limit(topic, reported or limits.SNS_DEFAULT_MAX_MESSAGE_BYTES)
 
 
+def fifo_ids(event: Event) -> tuple[str, str]:
+    """(MessageGroupId, MessageDeduplicationId) of `event` on a FIFO topic.
+
+    The event id deduplicates: a bundle redelivered after a worker was killed, or an event
+    replayed from the dead letters, within SNS's 5-minute window is delivered once.
+    """
+    group_id = event.attributes.get(FIFO_GROUP_ATTRIBUTE)
+    if group_id is None or not limits.is_fifo_id(group_id):
+        group_id = FIFO_FALLBACK_GROUP_ID
+    return group_id, event.id
+
+
 class Publisher:
     """Publishes bundles of events to one topic. Shared by the threads of one worker process."""
 
@@ -134,6 +152,7 @@ class Publisher:
         sleep: Callable[[float], None] = time.sleep,
     ) -> None:
         self.topic_arn = settings.require_topic_arn()
+        self.fifo = self.topic_arn.endswith(".fifo")  # only FIFO topic names end so (FACTS §3.3)
         self.gateway = gateway
         self.store = store
         self.dead_letters = dead_letters
@@ -198,9 +217,15 @@ class Publisher:
             ) from None
 
     def _attempt(self, remaining: dict[str, Event], result: BundleResult) -> None:
-        entries = [
-            BatchEntry(id_, event.body, event.attributes) for id_, event in remaining.items()
-        ]
+        if self.fifo:
+            entries = [
+                BatchEntry(id_, event.body, event.attributes, *fifo_ids(event))
+                for id_, event in remaining.items()
+            ]
+        else:
+            entries = [
+                BatchEntry(id_, event.body, event.attributes) for id_, event in remaining.items()
+            ]
         started = time.perf_counter()
         try:
             response = self.gateway.publish_batch(self.topic_arn, entries)

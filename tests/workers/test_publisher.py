@@ -34,15 +34,18 @@ from relay.queue import BundleWriter
 from relay.settings import Settings
 from relay.store import RelayStore
 from tests.conftest import TOPIC_ARN
+from tests.helpers import TEST_KEY, TEST_SECRET, MotoAws, moto_server
 from workers.publisher import (
+    FIFO_FALLBACK_GROUP_ID,
     PUBLISH_BACKOFF_INITIAL_S,
     PUBLISH_BACKOFF_MAX_S,
     PUBLISH_MAX_ATTEMPTS,
     TOPIC_LIMIT_REFRESH_S,
     Publisher,
     TopicLimit,
+    fifo_ids,
 )
-from workers.sns import BatchEntry, BatchResult, EntryFailure
+from workers.sns import BatchEntry, BatchResult, EntryFailure, gateway_for
 
 # tenacity 9.2 deprecates `wait_exponential_jitter(initial=...)`, which the publisher uses; under
 # `filterwarnings = error` every publish would fail on that warning. Ignored here so the rest can
@@ -97,12 +100,13 @@ class FakeGateway:
 
     script: list[Step] = field(default_factory=list)
     limit: int | BaseException | None = None
+    topic_arn: str = TOPIC_ARN
     default: Step = accept_all
     calls: list[list[BatchEntry]] = field(default_factory=list)
     limit_reads: int = 0
 
     def publish_batch(self, topic_arn: str, entries: list[BatchEntry]) -> BatchResult:
-        assert topic_arn == TOPIC_ARN
+        assert topic_arn == self.topic_arn
         self.calls.append(list(entries))
         step = self.script.pop(0) if self.script else self.default
         if isinstance(step, BaseException):
@@ -112,7 +116,7 @@ class FakeGateway:
         return step
 
     def max_message_bytes(self, topic_arn: str) -> int | None:
-        assert topic_arn == TOPIC_ARN
+        assert topic_arn == self.topic_arn
         self.limit_reads += 1
         if isinstance(self.limit, BaseException):
             raise self.limit
@@ -201,7 +205,8 @@ def rig_for(
     make_settings: Callable[..., Settings], redis_client: redis.Redis, keys: Keys
 ) -> Callable[..., Rig]:
     def build(*script: Step, limit: int | BaseException | None = None, **overrides: Any) -> Rig:
-        gateway = FakeGateway(script=list(script), limit=limit)
+        topic_arn = overrides.get("sns_topic_arn", TOPIC_ARN)
+        gateway = FakeGateway(script=list(script), limit=limit, topic_arn=topic_arn)
         store = RelayStore(redis_client, keys)
         dead_letters = DeadLetters(redis_client, keys)
         delays: list[float] = []
@@ -245,6 +250,51 @@ def test_entries_carry_the_body_byte_for_byte_and_valid_unique_ids(
     for call in rig.gateway.calls:
         assert len({entry.id for entry in call}) == len(call)
         assert all(limits.batch_entry_id_error(entry.id) is None for entry in call)
+
+
+def with_cid(cid: str | None, event_id: str = "ev-1") -> Event:
+    payload: dict[str, Any] = {"type": "message.new"}
+    if cid is not None:
+        payload["cid"] = cid
+    return make_event(payload, event_id=event_id)
+
+
+@pytest.mark.parametrize(
+    ("cid", "group_id"),
+    [
+        ("messaging:general", "messaging:general"),
+        ("m" * 128, "m" * 128),
+        ("m" * 129, FIFO_FALLBACK_GROUP_ID),
+        ("messaging:caf\u00e9", FIFO_FALLBACK_GROUP_ID),
+        ("messaging:two words", FIFO_FALLBACK_GROUP_ID),
+        (None, FIFO_FALLBACK_GROUP_ID),
+    ],
+    ids=["cid", "128 chars", "129 chars", "non-ASCII", "space", "no cid"],
+)
+def test_fifo_group_is_the_channel_when_sns_takes_it_and_dedup_is_the_event_id(
+    cid: str | None, group_id: str
+) -> None:
+    """MessageGroupId: the `cid` if it is 1-128 printable ASCII characters, else one fallback
+    group; MessageDeduplicationId: the event id."""
+    assert fifo_ids(with_cid(cid, event_id="wh-7")) == (group_id, "wh-7")
+
+
+def test_fifo_topics_get_group_and_dedup_ids_and_standard_topics_none(
+    rig_for: Callable[..., Rig],
+) -> None:
+    """On a .fifo topic every entry carries its FIFO ids, retried entries too; on a standard
+    topic none does (SNS refuses a dedup id there)."""
+    bundle = [with_cid("messaging:a", "a-1"), with_cid(None, "b-1")]
+    fifo = rig_for(failing({"b-1": ("Throttled", False)}), sns_topic_arn=TOPIC_ARN + "-events.fifo")
+    fifo.publisher.publish(bundle)
+    assert [[(e.group_id, e.dedup_id) for e in call] for call in fifo.gateway.calls] == [
+        [("messaging:a", "a-1"), (FIFO_FALLBACK_GROUP_ID, "b-1")],
+        [(FIFO_FALLBACK_GROUP_ID, "b-1")],
+    ]
+    standard = rig_for()
+    standard.publisher.publish(bundle)
+    [call] = standard.gateway.calls
+    assert [(e.group_id, e.dedup_id) for e in call] == [(None, None), (None, None)]
 
 
 @pytest.mark.parametrize(
@@ -878,3 +928,80 @@ def test_a_worker_process_makes_its_publisher_as_it_boots(
     monkeypatch.setattr(actors, "publisher", fail)
     actors.MakePublisher().after_process_boot(actors.broker)  # no exception
     assert any(isinstance(m, actors.MakePublisher) for m in actors.broker.middleware)
+
+
+# --- FIFO topics, end to end ---------------------------------------------------------------------
+
+
+def drain_fifo_queue(aws: MotoAws, queue_url: str) -> list[dict[str, Any]]:
+    """Every message waiting in an SQS FIFO queue, each deleted once read (a FIFO queue hands
+    out no more of a group while some of it is in flight)."""
+    received: list[dict[str, Any]] = []
+    while True:
+        reply = aws.sqs.receive_message(
+            QueueUrl=queue_url,
+            MaxNumberOfMessages=10,
+            WaitTimeSeconds=0,
+            AttributeNames=["MessageGroupId", "MessageDeduplicationId"],
+            MessageAttributeNames=["All"],
+        )
+        messages = reply.get("Messages", [])
+        if not messages:
+            return received
+        for message in messages:
+            received.append(message)
+            aws.sqs.delete_message(QueueUrl=queue_url, ReceiptHandle=message["ReceiptHandle"])
+
+
+@pytest.mark.parametrize("client", ["lean", "boto3"])
+def test_a_fifo_topic_gets_each_event_once_grouped_by_channel_even_when_redelivered(
+    make_settings: Callable[..., Settings], redis_client: redis.Redis, keys: Keys, client: str
+) -> None:
+    """Given a FIFO topic (moto) with an SQS FIFO queue subscribed, when a bundle is published
+    and then published again (as after a worker was killed mid-bundle), then the queue holds
+    each event once, in its channel's group, its body byte for byte."""
+    with moto_server() as aws:
+        topic_arn = aws.sns.create_topic(
+            Name="relay-events.fifo", Attributes={"FifoTopic": "true"}
+        )["TopicArn"]
+        queue_url = aws.sqs.create_queue(
+            QueueName="subscriber.fifo", Attributes={"FifoQueue": "true"}
+        )["QueueUrl"]
+        queue_arn = aws.sqs.get_queue_attributes(QueueUrl=queue_url, AttributeNames=["QueueArn"])[
+            "Attributes"
+        ]["QueueArn"]
+        aws.sns.subscribe(
+            TopicArn=topic_arn,
+            Protocol="sqs",
+            Endpoint=queue_arn,
+            Attributes={"RawMessageDelivery": "true"},
+        )
+        settings = make_settings(
+            sns_topic_arn=topic_arn,
+            sns_endpoint_url=aws.url,
+            sns_key=TEST_KEY,
+            sns_secret=TEST_SECRET,
+            sns_client=client,
+        )
+        store, dead_letters = RelayStore(redis_client, keys), DeadLetters(redis_client, keys)
+        publisher = Publisher(settings, gateway_for(settings), store, dead_letters)
+        bundle = [
+            with_cid("messaging:general", "wh-1"),
+            with_cid("messaging:general", "wh-2"),
+            with_cid("messaging:caf\u00e9", "wh-3"),
+        ]
+
+        assert publisher.publish(bundle).published == 3
+        assert publisher.publish(bundle).published == 3  # SNS accepts; the queue deduplicates
+
+        received = drain_fifo_queue(aws, queue_url)
+    by_id = {m["MessageAttributes"]["event_id"]["StringValue"]: m for m in received}
+    assert len(received) == len(by_id) == 3
+    assert {event_id: m["Body"] for event_id, m in by_id.items()} == {
+        event.id: event.body for event in bundle
+    }
+    assert {event_id: m["Attributes"]["MessageGroupId"] for event_id, m in by_id.items()} == {
+        "wh-1": "messaging:general",
+        "wh-2": "messaging:general",
+        "wh-3": FIFO_FALLBACK_GROUP_ID,
+    }
