@@ -21,8 +21,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from relay.errors import ConfigError, QueueUnavailable
-from relay.settings import Settings
-from relay.supervisor import DEFAULT_WORKER_NICE
+from relay.settings import DEFAULT_WORKER_NICE, MAX_NICE, Settings
 
 EXIT_OK = 0
 EXIT_PROBLEM = 1
@@ -89,23 +88,21 @@ def main() -> None:
     """sns-relay: a durable Redis-backed relay of application events into Amazon SNS."""
 
 
-def nice_option(default: int) -> Callable[[F], F]:
+def nice_option(function: F) -> F:
     return click.option(
         "--nice",
-        type=click.IntRange(0, 19),
-        default=default,
-        show_default=True,
-        envvar="RELAY_WORKER_NICE",
-        help="CPU niceness of the worker processes (RELAY_WORKER_NICE): higher yields the CPU "
-        "to producers and the ingest on a shared machine.",
-    )
+        type=click.IntRange(0, MAX_NICE),
+        default=None,
+        help="CPU niceness of the worker processes: higher yields the CPU to producers and the "
+        f"ingest on a shared machine.  [default: RELAY_WORKER_NICE, else {DEFAULT_WORKER_NICE}]",
+    )(function)
 
 
 @main.command()
 @click.option("--processes", "-p", default=2, show_default=True, help="Worker processes.")
 @click.option("--threads", "-t", default=8, show_default=True, help="Threads per process.")
-@nice_option(DEFAULT_WORKER_NICE)
-def worker(processes: int, threads: int, nice: int) -> None:
+@nice_option
+def worker(processes: int, threads: int, nice: int | None) -> None:
     """Run the worker fleet: publish queued bundles to SNS; metrics on RELAY_METRICS_PORT."""
     from relay.supervisor import run_workers
 
@@ -114,6 +111,7 @@ def worker(processes: int, threads: int, nice: int) -> None:
         settings.require_topic_arn()
     except ConfigError as exc:
         fail(str(exc), EXIT_USAGE)
+    nice = settings.worker_nice if nice is None else nice
     sys.exit(run_workers(settings, processes, threads, settings.metrics_port, nice=nice))
 
 
@@ -467,9 +465,14 @@ def local_sns(
     is_flag=True,
     help="Let the ingest accept unsigned requests when RELAY_WEBHOOK_SECRET is unset.",
 )
-@nice_option(DEFAULT_WORKER_NICE)
+@nice_option
 def up(
-    processes: int, threads: int, host: str, port: int, insecure_no_signature: bool, nice: int
+    processes: int,
+    threads: int,
+    host: str,
+    port: int,
+    insecure_no_signature: bool,
+    nice: int | None,
 ) -> None:
     """Ingest and workers in one supervisor (with an embedded durable Valkey when
     RELAY_REDIS_URL is unset)."""
@@ -493,7 +496,7 @@ def up(
             ingest_host=host,
             ingest_port=port,
             insecure_no_signature=insecure_no_signature,
-            worker_nice=nice,
+            worker_nice=settings.worker_nice if nice is None else nice,
         )
     )
 

@@ -27,14 +27,6 @@ from relay.settings import Settings
 WORKER_MODULE = "workers.actors"
 """Named, not imported: the producer side never imports the workers package."""
 
-DEFAULT_WORKER_NICE = 0
-"""Workers run at normal priority unless told otherwise (`--nice`, RELAY_WORKER_NICE), `relay up`
-included. Measured on 2 cores with the ingest on the same machine: at nice 10 the workers fell
-behind a steady flow at half the flood rate (enqueue to publish p50 1.5-1.8 s); at 5 they kept
-up with it (p50 18-27 ms, as at 0) but `relay demo`'s spike waited for them (POST to SNS p50
-1.3-1.8 s against 17 ms at 0) and was posted no faster. A lower priority pays only where
-producers must win every contest for the CPU."""
-
 DRAMATIQ_WORKER_DIED = 1
 """dramatiq's exit code (RET_KILLED) when a worker process died and it shut the rest down."""
 RESTART_BACKOFF_INITIAL_S = 1.0

@@ -9,8 +9,8 @@ import subprocess
 import sys
 
 from relay.embedded import start_valkey, stop_valkey
-from relay.settings import Settings
-from relay.supervisor import DEFAULT_WORKER_NICE, run_workers
+from relay.settings import DEFAULT_WORKER_NICE, Settings
+from relay.supervisor import run_workers
 
 INGEST_STOP_TIMEOUT_S = 20.0
 """The ingest finishes in-flight requests within 10 s of SIGTERM; this leaves it a margin."""

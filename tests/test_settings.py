@@ -261,6 +261,73 @@ def test_a_non_numeric_metrics_port_is_a_config_error_naming_the_variable(
     assert "RELAY_METRICS_PORT" in str(error)
 
 
+@pytest.mark.parametrize(
+    ("variable", "value"),
+    [
+        ("RELAY_WEBHOOK_DEDUP_TTL_S", "0"),
+        ("RELAY_INGEST_MAX_BODY_BYTES", "0"),
+        ("RELAY_INGEST_MAX_BODY_BYTES", "-1"),
+        ("RELAY_INGEST_MAX_BACKLOG_EVENTS", "0"),
+        ("RELAY_METRICS_PORT", "0"),
+        ("RELAY_METRICS_PORT", "65536"),
+        ("RELAY_REDIS_TIMEOUT_S", "0"),
+        ("RELAY_REDIS_CONNECT_TIMEOUT_S", "-1"),
+        ("RELAY_WORKER_NICE", "-1"),
+        ("RELAY_WORKER_NICE", "20"),
+        ("RELAY_LOG_LEVEL", "chatty"),
+    ],
+)
+def test_a_number_out_of_its_range_or_an_unknown_level_is_a_config_error(
+    env: pytest.MonkeyPatch, variable: str, value: str
+) -> None:
+    """Values the relay cannot run with stop it at start, naming the variable (a dedup TTL of 0
+    would make every webhook's store fail after writing)."""
+    error = config_error(env, **{variable: value})
+    assert str(error).startswith(f"invalid configuration: {variable}: ")
+
+
+def test_numbers_at_the_ends_of_their_ranges_load(env: pytest.MonkeyPatch) -> None:
+    """TTL, sizes and backlog of 1, ports 1 and 65,535, niceness 0 and 19; levels in any case."""
+    for variables, expected in [
+        (
+            {
+                "RELAY_WEBHOOK_DEDUP_TTL_S": "1",
+                "RELAY_INGEST_MAX_BODY_BYTES": "1",
+                "RELAY_INGEST_MAX_BACKLOG_EVENTS": "1",
+                "RELAY_METRICS_PORT": "1",
+                "RELAY_WORKER_NICE": "0",
+                "RELAY_LOG_LEVEL": "debug",
+            },
+            (1, 1, 1, 1, 0, "DEBUG"),
+        ),
+        (
+            {"RELAY_METRICS_PORT": "65535", "RELAY_WORKER_NICE": "19", "RELAY_LOG_LEVEL": "Error"},
+            (1, 1, 1, 65_535, 19, "ERROR"),
+        ),
+    ]:
+        for name, value in variables.items():
+            env.setenv(name, value)
+        settings = Settings.load()
+        assert (
+            settings.webhook_dedup_ttl_s,
+            settings.ingest_max_body_bytes,
+            settings.ingest_max_backlog_events,
+            settings.metrics_port,
+            settings.worker_nice,
+            settings.log_level,
+        ) == expected
+
+
+def test_worker_nice_is_read_from_the_dotenv_file_like_every_setting(
+    env: pytest.MonkeyPatch, tmp_path: os.PathLike[str]
+) -> None:
+    """RELAY_WORKER_NICE in ./.env sets the workers' niceness (default 0)."""
+    assert Settings.load().worker_nice == 0
+    with open(os.path.join(tmp_path, ".env"), "w", encoding="utf-8") as handle:
+        handle.write("RELAY_WORKER_NICE=7\n")
+    assert Settings.load().worker_nice == 7
+
+
 def test_every_bad_variable_is_named_in_one_error(env: pytest.MonkeyPatch) -> None:
     """Several bad variables are all named in the one ConfigError."""
     error = config_error(env, RELAY_REDIS_URL="http://x", RELAY_MAX_MESSAGE_BYTES="5")
