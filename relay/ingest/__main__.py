@@ -23,15 +23,16 @@ def main(argv: list[str] | None = None) -> int:
         action="store_true",
         help="accept unsigned requests when RELAY_WEBHOOK_SECRET is unset (local use only)",
     )
-    parser.add_argument("--log-level", default="info")
+    parser.add_argument("--log-level", help="default: RELAY_LOG_LEVEL, else INFO")
     args = parser.parse_args(argv)
     try:
+        settings = Settings.load()
         serve(
-            Settings.load(),
+            settings,
             args.host,
             args.port,
             insecure_no_signature=args.insecure_no_signature,
-            log_level=args.log_level,
+            log_level=args.log_level or settings.log_level,
         )
     except ConfigError as exc:
         print(f"error: {exc}", file=sys.stderr)

@@ -8,13 +8,13 @@ whatever is still pending; `serve` then returns, so the process exits 0.
 from __future__ import annotations
 
 import gc
-import logging
 import signal
 import threading
 from types import FrameType
 
 import uvicorn
 
+from relay import logs
 from relay.ingest.app import create_app
 from relay.ingest.service import DEFAULT_TUNING, Tuning
 from relay.settings import Settings
@@ -41,7 +41,9 @@ def serve(
     Raises ConfigError (no Redis URL; no webhook secret without `insecure_no_signature`)
     before binding, and SystemExit(1) when the port cannot be bound (uvicorn's own exit).
     """
-    _configure_logging(log_level)
+    # The relay's own lines and uvicorn's go through the root handler, console or JSON as
+    # RELAY_LOG_FORMAT says (uvicorn's own logging config would print plain text beside it).
+    logs.configure(log_level, settings.log_format)
     app = create_app(settings, insecure_no_signature=insecure_no_signature, tuning=tuning)
     config = uvicorn.Config(
         app,
@@ -51,10 +53,11 @@ def serve(
         http="httptools",
         ws="none",
         lifespan="on",
+        log_config=None,
         access_log=False,  # a log line per request would cost more than storing the event
         server_header=False,
         proxy_headers=False,  # nothing here reads the client address; skip a layer per request
-        log_level=log_level,
+        log_level=log_level.lower(),
         timeout_keep_alive=KEEP_ALIVE_S,
         timeout_graceful_shutdown=GRACEFUL_SHUTDOWN_S,
     )
@@ -76,16 +79,6 @@ def serve(
             signal.signal(sig, handler)
     if not server.started:
         raise SystemExit(1)
-
-
-def _configure_logging(log_level: str) -> None:
-    """Send the relay's own log lines (retries, 503s, the insecure warning) to stderr."""
-    logger = logging.getLogger("relay")
-    if not logger.handlers:
-        handler = logging.StreamHandler()
-        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
-        logger.addHandler(handler)
-    logger.setLevel(log_level.upper())
 
 
 def _absorb(signum: int, frame: FrameType | None) -> None:

@@ -38,11 +38,17 @@ class IngestProcess:
     """`python -m relay.ingest` on a free port, with the given settings in its environment."""
 
     def __init__(
-        self, settings: Settings, cwd: Path, *, secret: str | None = WEBHOOK_SECRET
+        self,
+        settings: Settings,
+        cwd: Path,
+        *,
+        secret: str | None = WEBHOOK_SECRET,
+        env: dict[str, str] | None = None,
     ) -> None:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
-        env = {k: v for k, v in os.environ.items() if not k.startswith("RELAY_")}
+        extra = env or {}
+        env = {k: v for k, v in os.environ.items() if not k.startswith("RELAY_")} | extra
         env |= {
             "RELAY_REDIS_URL": settings.require_redis_url(),
             "RELAY_NAMESPACE": settings.namespace,
@@ -52,7 +58,7 @@ class IngestProcess:
         self.log_path = cwd / "ingest.log"
         self._log = self.log_path.open("wb")
         self.process = subprocess.Popen(
-            [sys.executable, "-m", "relay.ingest", "--port", str(self.port), "--log-level", "info"],
+            [sys.executable, "-m", "relay.ingest", "--port", str(self.port)],
             cwd=cwd,
             env=env,
             stdout=self._log,
@@ -181,3 +187,29 @@ def test_without_a_secret_the_server_will_not_start(valkey: Any, tmp_path: Path)
 
     assert returncode == 2
     assert "RELAY_WEBHOOK_SECRET is not set" in process.log()
+
+
+def test_with_json_logs_every_line_is_one_json_object_and_none_is_doubled(
+    valkey: Any, tmp_path: Path
+) -> None:
+    """RELAY_LOG_FORMAT=json: uvicorn's lines and the relay's (a retried delivery is logged at
+    INFO) are JSON objects, each written once."""
+    settings = make_settings(valkey.connection_url)
+    process = IngestProcess(settings, tmp_path, env={"RELAY_LOG_FORMAT": "json"})
+    try:
+        process.wait_ready()
+        body = b'{"type":"message.new"}'
+        headers = signed(body, webhook_id="retried-1") | {"X-Webhook-Attempt": "2"}
+        assert httpx.post(f"{process.url}/events", content=body, headers=headers).status_code == 200
+        process.process.send_signal(signal.SIGTERM)
+        assert process.process.wait(EXIT_DEADLINE_S) == 0
+    finally:
+        process.close()
+
+    lines = [line for line in process.log().splitlines() if line.strip()]
+    records = [json.loads(line) for line in lines]  # fails on any line that is not JSON
+    assert all(isinstance(record, dict) and "event" in record for record in records)
+    retried = [r for r in records if "webhook_id='retried-1'" in r["event"]]
+    assert len(retried) == 1, lines
+    assert retried[0]["level"] == "info"
+    assert any(r.get("logger", "").startswith("uvicorn") for r in records), lines
