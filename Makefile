@@ -19,8 +19,8 @@ install: $(STAMP)
 demo: install
 	$(BIN)/relay demo
 
-## make test: the test suite (real Valkey servers, real worker processes, moto)
-test: install
+## make test: the test suite (real Valkey servers, real worker processes, moto, Prometheus tools)
+test: install deploy-deps
 	$(BIN)/python -m pytest
 
 ## make faults: only the process-level fault tests
