@@ -45,6 +45,8 @@ with one, in the same runs."""
 CHECK_ATTEMPTS = 5
 """Each attempt that finds seen-markers drops their deliveries, so the batch only shrinks."""
 DROP_RECORDS_PER_COMMAND = 1_000
+REFUSED_WRITES = (redis.exceptions.OutOfMemoryError, redis.exceptions.ReadOnlyError)
+"""Answers with which Redis refuses a script at its first write, so nothing of it is stored."""
 REDIS_FAILURES = (redis.RedisError, TimeoutError, OSError)
 """What a Redis call can fail with when the server is down, slow, loading or out of memory."""
 
@@ -106,9 +108,21 @@ class CommandRecorder:
 
 
 def unavailable(exc: BaseException) -> QueueUnavailable:
-    """The error a request sees when Redis failed: the kind of failure, never the URL."""
+    """The error a request sees when Redis failed: the kind of failure, never the URL.
+
+    Redis refusing the script (out of memory, a read-only replica) stores nothing. After a
+    timeout or a broken connection the script may still have run: the sender is told so, and
+    that a retry with the same X-Webhook-Id is not stored twice (the script's seen-check).
+    """
+    if isinstance(exc, REFUSED_WRITES):
+        return QueueUnavailable(
+            f"Redis refused the write ({type(exc).__name__}); nothing was stored"
+        )
     kind = "timed out" if isinstance(exc, TimeoutError) else type(exc).__name__
-    return QueueUnavailable(f"Redis is unavailable ({kind}); nothing was stored")
+    return QueueUnavailable(
+        f"Redis is unavailable ({kind}); the events may have been stored: a retry with the same "
+        "X-Webhook-Id stores them at most once"
+    )
 
 
 class GroupCommitter:

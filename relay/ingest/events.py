@@ -28,7 +28,7 @@ from relay.ingest.http import (
     respond,
 )
 from relay.ingest.outcomes import answer_for, event_ids, split
-from relay.ingest.payload import Body, MalformedBody, parse_body
+from relay.ingest.payload import Body, MalformedBody, TooManyElements, parse_body
 from relay.ingest.service import IngestService
 
 log = logging.getLogger("relay.ingest")
@@ -96,6 +96,8 @@ class EventsEndpoint:
             body = parse_body(raw)
         except MalformedBody as exc:
             return _refused(Answer(400, {"error": exc.reason}), "invalid")
+        except TooManyElements as exc:
+            return _refused(Answer(413, {"error": exc.reason}), "body_too_large")
         count = len(body.elements)
         _RECEIVED.inc(count)
         try:

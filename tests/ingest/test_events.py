@@ -18,6 +18,7 @@ from prometheus_client import REGISTRY
 
 from relay.errors import ConfigError
 from relay.ingest import create_app
+from relay.ingest.payload import MAX_ELEMENTS
 from relay.keys import Keys
 from relay.settings import Settings
 from relay.store import RelayStore
@@ -395,6 +396,30 @@ def test_the_sns_limit_counts_utf8_bytes_and_attributes_at_its_boundary(
     else:
         assert [answer.status_code for answer in answers] == [413, 413]
         assert (stored, dropped) == (set(), {"one", "arr-0"})
+
+
+@pytest.mark.parametrize("extra", [0, 1], ids=["at the limit", "one over"])
+def test_an_array_of_more_events_than_the_per_request_limit_is_413_and_stores_nothing(
+    runner: AppRunner, settings: Settings, redis_sync: redis.Redis, extra: int
+) -> None:
+    """MAX_ELEMENTS events in one array are stored; one more and the body is refused whole
+    (413, one event rejected as body_too_large) before it is split."""
+    count = MAX_ELEMENTS + extra
+    body = ("[" + ",".join(['{"type":"message.new"}'] * count) + "]").encode()
+    too_large = sample("relay_events_rejected_total", reason="body_too_large")
+
+    response = runner.post(body, signed(body, webhook_id="many"))
+
+    if extra:
+        assert response.status_code == 413
+        assert response.json() == {
+            "error": f"an array of {count} events is over the limit of {MAX_ELEMENTS} per request"
+        }
+        assert queue_length(redis_sync, settings) == 0
+        assert sample("relay_events_rejected_total", reason="body_too_large") - too_large == 1
+    else:
+        assert response.status_code == 200
+        assert len(stored_events(redis_sync, settings.namespace)) == MAX_ELEMENTS
 
 
 def test_thousands_of_oversize_events_in_one_array_are_all_recorded(

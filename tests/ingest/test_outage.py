@@ -163,5 +163,8 @@ def test_a_full_redis_is_a_503_that_stores_nothing_and_marks_nothing_seen(tmp_pa
         server.stop()
 
     assert (full.status_code, full.headers["retry-after"]) == (503, "1")
+    assert full.json()["error"] == (
+        "Redis refused the write (OutOfMemoryError); nothing was stored"
+    )
     assert retried.json()["status"] == "enqueued"
     assert [event[0] for event in stored] == ["when-full"]

