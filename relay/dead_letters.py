@@ -15,7 +15,14 @@ import redis
 
 from relay.event import Event
 from relay.keys import Keys
-from relay.queue import BundleWriter, as_text, bundles, translate_redis_errors
+from relay.queue import (
+    BundleWriter,
+    CommandRecorder,
+    as_text,
+    bundles,
+    translate_redis_errors,
+    write_once,
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -110,13 +117,12 @@ class DeadLetters:
         if not letters:
             return 0
         events = [letter.event for letter in letters]
-        pipe = self.client.pipeline(transaction=True)
-        writer.write(list(bundles(events)), pipe=pipe)
+        commands = CommandRecorder()
+        writer.write(list(bundles(events)), pipe=commands)
         ids = [event.id for event in events]
-        pipe.hdel(self.keys.dead_letters, *ids)
-        pipe.zrem(self.keys.dead_letter_index, *ids)
-        with translate_redis_errors(self.client):
-            pipe.execute()
+        commands.hdel(self.keys.dead_letters, *ids)
+        commands.zrem(self.keys.dead_letter_index, *ids)
+        write_once(self.client, self.keys, commands)
         return len(events)
 
     def purge(self, event_ids: Sequence[str] | None = None) -> int:

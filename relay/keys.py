@@ -90,6 +90,10 @@ class Keys:
         """Marks a webhook delivery id (`X-Webhook-Id`) as stored, for the dedup window."""
         return f"{self.namespace}:relay:webhook-seen:{webhook_id}"
 
+    def write_done(self, token: str) -> str:
+        """Marks one transaction of a producer as applied, so a replay of it applies nothing."""
+        return f"{self.namespace}:relay:write-done:{token}"
+
     def topic_limit(self, topic_arn: str) -> str:
         """The topic's `MaximumMessageSize` as the workers last read it from SNS."""
         return f"{self.namespace}:relay:topic-limit:{topic_arn}"

@@ -20,9 +20,10 @@ from relay.keys import Keys
 from relay.queue import (
     TRANSACTION_MAX_BYTES,
     BundleWriter,
+    CommandRecorder,
     bundles,
     redis_client,
-    translate_redis_errors,
+    write_once,
 )
 from relay.settings import Settings
 from relay.store import RelayStore
@@ -114,7 +115,8 @@ class Producer:
         """Enqueue one event; return its id once it is stored in Redis.
 
         Raises InvalidEvent (not a JSON object, not UTF-8, bad id), EventTooLarge (recorded as
-        dropped) or QueueUnavailable (Redis unreachable; nothing was stored).
+        dropped) or QueueUnavailable (Redis unreachable, full or read-only: nothing was stored;
+        or not answering in time: the event may have been stored, as its message says).
         """
         metrics.EVENTS_RECEIVED.labels(source).inc()
         try:
@@ -203,12 +205,11 @@ class Producer:
             raise
 
     def _store(self, events: Sequence[Event], dropped: Sequence[Event], limit: int = 0) -> None:
-        pipe = self.client.pipeline(transaction=True)
-        self.writer.write(list(bundles(events)), pipe=pipe)
-        self.store.record_drops(dropped, "too_large", limit, pipe=pipe)
-        self.store.add_totals(pipe, enqueued=len(events), dropped=len(dropped))
-        with translate_redis_errors(self.client):
-            pipe.execute()
+        commands = CommandRecorder()
+        self.writer.write(list(bundles(events)), pipe=commands)
+        self.store.record_drops(dropped, "too_large", limit, pipe=commands)
+        self.store.add_totals(commands, enqueued=len(events), dropped=len(dropped))
+        write_once(self.client, self.keys, commands)
         metrics.EVENTS_ENQUEUED.inc(len(events))
         if dropped:
             metrics.EVENTS_DROPPED.labels("too_large").inc(len(dropped))

@@ -1,14 +1,14 @@
 """The durable queue: Redis clients and the bundle writer producers use.
 
-Producers write bundles as dramatiq messages directly, in one MULTI/EXEC transaction per chunk
-(dramatiq's documented foreign-producer protocol, FACTS §9.3): one round trip for many bundles,
-and a failed write leaves nothing half-stored. Workers consume them with dramatiq's Redis
-broker (workers/broker.py).
+Producers write bundles as dramatiq messages directly (dramatiq's documented foreign-producer
+protocol, FACTS §9.3), each chunk in one atomic script call (write_once): one round trip for
+many bundles, a failed write leaves nothing half-stored, and a retried one is applied once.
+Workers consume them with dramatiq's Redis broker (workers/broker.py).
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
@@ -50,19 +50,91 @@ BUNDLE_MAX_BYTES = 2 * 1024 * 1024
 TRANSACTION_MAX_BYTES = 8 * 1024 * 1024
 """Bundles are written in transactions of about this size, so one write never stalls Redis."""
 
+WRITE_DONE_TTL_S = 60
+"""How long a producer's transaction stays marked as applied: far longer than a client-side
+retry of it can come (one, within the 2 s command timeout and a 0.2 s backoff)."""
+
+REFUSED_WRITES = (redis.exceptions.OutOfMemoryError, redis.exceptions.ReadOnlyError)
+"""Answers with which Redis refuses a script at its first write, so nothing of it is stored."""
+
+# KEYS: markers. ARGV: the markers' TTL, then the writes, each as its argument count followed by
+# the command. If any marker exists, nothing is written and the positions of those found are
+# returned; else every write runs, then every marker is set, and the answer is empty. One script
+# is atomic, like MULTI/EXEC. A Redis out of memory refuses it at its first write, before
+# anything is stored; and the markers come last, so a script failing halfway could leave writes
+# unmarked (a duplicate on a retry) but never a marker without its writes (a loss).
+# The ingest's markers are its deliveries' webhook ids; a producer's, one per transaction, so
+# that redis-py replaying it after a lost answer applies nothing twice.
+CHECK_AND_WRITE_LUA = """
+local seen = {}
+for index, key in ipairs(KEYS) do
+  if redis.call('exists', key) == 1 then seen[#seen + 1] = index end
+end
+if #seen > 0 then return seen end
+local at = 2
+while at <= #ARGV do
+  local argc = tonumber(ARGV[at])
+  redis.call(unpack(ARGV, at + 1, at + argc))
+  at = at + argc + 1
+end
+for _, key in ipairs(KEYS) do
+  redis.call('set', key, '1', 'EX', ARGV[1])
+end
+return seen
+"""
+
+
+SCRIPT_COMMAND_MAX_VALUES = 1_000
+"""Values one recorded command may carry: Lua's unpack takes at most about 8,000, so a command
+with more (an LPUSH of every drop record of a huge array) would fail its script every time."""
+
+
+class CommandRecorder:
+    """Stands in for a pipeline: every command called on it is recorded, flat, for the script."""
+
+    def __init__(self, *leading: Any) -> None:
+        self.args: list[Any] = list(leading)
+
+    def __getattr__(self, name: str) -> Callable[..., CommandRecorder]:
+        def record(*args: Any) -> CommandRecorder:
+            self.args += [len(args) + 1, name.upper(), *args]
+            return self
+
+        return record
+
+
+def write_once(client: redis.Redis, keys: Keys, commands: CommandRecorder) -> None:
+    """Apply the recorded commands atomically, once, even when the client retries the call.
+
+    The client's one reconnect retry (see redis_client) replays a command whose answer was lost
+    to a stalled or broken connection; a replayed MULTI/EXEC pushed the same bundle twice, and
+    the second copy, found without its message, was never settled. Here the replay finds this
+    transaction's marker and writes nothing. Raises QueueUnavailable when Redis fails.
+    """
+    marker = keys.write_done(uuid4().hex)
+    script = client.register_script(CHECK_AND_WRITE_LUA)
+    with translate_redis_errors(client):
+        script(keys=[marker], args=[WRITE_DONE_TTL_S, *commands.args])
+
 
 def redis_client(url: str, settings: Settings, *, retries: int = 1) -> redis.Redis:
     """A client with bounded timeouts: an unreachable Redis fails fast instead of hanging.
 
-    By default one quick reconnect attempt absorbs a dropped idle connection; more would only
-    delay the error a producer needs to see. `retries=0` for callers to whom a replayed command
-    is worse than an error (the workers' dramatiq calls: FACTS §9.4 D6).
+    By default one quick reconnect attempt absorbs a dropped idle connection (the replay of a
+    write is harmless: write_once); more would only delay the error a producer needs to see. A
+    timeout is not retried: Redis is stalled, and waiting twice only doubles the time to the
+    error. `retries=0` for callers to whom a replayed command is worse than an error (the
+    workers' dramatiq calls: FACTS §9.4 D6).
     """
     return redis.Redis.from_url(
         url,
         socket_connect_timeout=settings.redis_connect_timeout_s,
         socket_timeout=settings.redis_timeout_s,
-        retry=Retry(ExponentialBackoff(cap=0.2, base=0.05), retries=retries),
+        retry=Retry(
+            ExponentialBackoff(cap=0.2, base=0.05),
+            retries=retries,
+            supported_errors=(redis.ConnectionError,),
+        ),
         health_check_interval=30,
     )
 
@@ -100,12 +172,12 @@ class BundleWriter:
     keys: Keys
 
     def write(self, bundles_: Sequence[Sequence[Event]], *, pipe: Any = None) -> None:
-        """Store bundles atomically; raise QueueUnavailable when Redis fails (nothing stored).
+        """Store bundles atomically and once (write_once); raise QueueUnavailable when Redis fails.
 
-        `pipe`, when given, is a transaction the caller adds more commands to and executes.
+        `pipe`, when given, is a CommandRecorder the caller adds more commands to and writes.
         """
         own = pipe is None
-        pipe = self.client.pipeline(transaction=True) if own else pipe
+        pipe = CommandRecorder() if own else pipe
         for bundle in bundles_:
             message = bundle_message(bundle)
             redis_id = message.options["redis_message_id"]
@@ -114,19 +186,34 @@ class BundleWriter:
             pipe.hset(self.keys.pending_bundles, message.message_id, len(bundle))
             pipe.incrby(self.keys.pending_events, len(bundle))
         if own:
-            with translate_redis_errors(self.client):
-                pipe.execute()
+            write_once(self.client, self.keys, pipe)
 
 
 @contextmanager
 def translate_redis_errors(client: redis.Redis) -> Iterator[None]:
-    """Turn redis-py's connection and timeout errors into QueueUnavailable naming host:port."""
+    """Turn redis-py's connection and timeout errors, and a write Redis refuses (out of memory,
+    read-only replica), into QueueUnavailable naming host:port and what may have been stored."""
     try:
         yield
-    except (redis.ConnectionError, redis.TimeoutError) as exc:
-        kwargs = client.connection_pool.connection_kwargs
-        where = kwargs.get("path") or f"{kwargs.get('host', '?')}:{kwargs.get('port', '?')}"
-        raise QueueUnavailable(f"Redis at {where} is unreachable: {type(exc).__name__}") from None
+    except REFUSED_WRITES as exc:
+        raise QueueUnavailable(
+            f"Redis at {_where(client)} refused the write: {type(exc).__name__} (nothing was "
+            "stored)"
+        ) from None
+    except redis.TimeoutError as exc:
+        raise QueueUnavailable(
+            f"Redis at {_where(client)} did not answer in time: {type(exc).__name__} (what was "
+            "being written may have been stored)"
+        ) from None
+    except redis.ConnectionError as exc:
+        raise QueueUnavailable(
+            f"Redis at {_where(client)} is unreachable: {type(exc).__name__}"
+        ) from None
+
+
+def _where(client: redis.Redis) -> str:
+    kwargs = client.connection_pool.connection_kwargs
+    return str(kwargs.get("path") or f"{kwargs.get('host', '?')}:{kwargs.get('port', '?')}")
 
 
 def as_text(value: bytes | str) -> str:

@@ -15,7 +15,13 @@ import redis
 
 from relay.event import Event
 from relay.keys import DROPPED_LOG_MAX_ENTRIES, Keys
-from relay.queue import as_text, translate_redis_errors
+from relay.queue import (
+    SCRIPT_COMMAND_MAX_VALUES,
+    CommandRecorder,
+    as_text,
+    translate_redis_errors,
+    write_once,
+)
 
 TOPIC_LIMIT_TTL_S = 3_600
 SETTLE_ALL = 2**31 - 1
@@ -63,7 +69,7 @@ class RelayStore:
         if not events:
             return
         own = pipe is None
-        pipe = self.client.pipeline(transaction=True) if own else pipe
+        pipe = CommandRecorder() if own else pipe
         now = time.time()
         records = [
             orjson.dumps(
@@ -78,12 +84,12 @@ class RelayStore:
             )
             for event in events
         ]
-        pipe.lpush(self.keys.dropped_log, *records)
+        for start in range(0, len(records), SCRIPT_COMMAND_MAX_VALUES):
+            pipe.lpush(self.keys.dropped_log, *records[start : start + SCRIPT_COMMAND_MAX_VALUES])
         pipe.ltrim(self.keys.dropped_log, 0, DROPPED_LOG_MAX_ENTRIES - 1)
         pipe.hincrby(self.keys.dropped_counts, reason, len(events))
         if own:
-            with translate_redis_errors(self.client):
-                pipe.execute()
+            write_once(self.client, self.keys, pipe)
 
     def dropped(self, limit: int = 20) -> list[DroppedRecord]:
         """The newest drop records, newest first."""

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
+import signal
 import socket
 import threading
 from collections.abc import Callable, Iterator
@@ -554,18 +556,18 @@ def test_send_after_valkey_stops_is_queue_unavailable(namespace: str) -> None:
 
 
 def failing_execute(monkeypatch: pytest.MonkeyPatch, succeed_first: int = 0) -> list[int]:
-    """Make pipeline executes raise a ConnectionError after `succeed_first` real ones."""
-    real_execute = redis.client.Pipeline.execute
+    """Make the producer's writes (one script call each) raise a ConnectionError after
+    `succeed_first` real ones; returns each call's argument count."""
+    real_call = redis.commands.core.Script.__call__
     calls: list[int] = []
 
-    def execute(self: Any, *args: Any, **kwargs: Any) -> Any:
-        calls.append(len(self.command_stack))
+    def call(self: Any, *args: Any, **kwargs: Any) -> Any:
+        calls.append(len(kwargs["args"]))
         if len(calls) <= succeed_first:
-            return real_execute(self, *args, **kwargs)
-        self.reset()
+            return real_call(self, *args, **kwargs)
         raise redis.ConnectionError("Connection reset by peer")
 
-    monkeypatch.setattr(redis.client.Pipeline, "execute", execute)
+    monkeypatch.setattr(redis.commands.core.Script, "__call__", call)
     return calls
 
 
@@ -706,3 +708,49 @@ def test_connection_cut_mid_transaction_stores_nothing(
     assert redis_client.hlen(keys.queue_messages) == 1
     assert redis_client.hlen(keys.pending_bundles) == 1
     assert RelayStore(redis_client, keys).pending_events() == 1
+
+
+def test_a_stalled_redis_is_one_timed_out_attempt_and_an_error_saying_the_event_may_be_stored(
+    tmp_path: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Redis frozen (SIGSTOP) mid-session: `send` makes one attempt, not a second after the
+    timeout, and raises QueueUnavailable saying the event may have been stored. Once Redis runs
+    again, the queue holds no bundle twice and counts exactly what it holds."""
+    server = ValkeyServer(data_dir=tmp_path / "stalled", config={"appendonly": "no", "save": ""})
+    server.start()
+    settings = Settings.load(
+        redis_url=server.connection_url,
+        namespace="stall",
+        sns_topic_arn=TOPIC_ARN,
+        redis_timeout_s=0.5,
+    )
+    keys = Keys(settings.namespace)
+    observer = redis.Redis.from_url(server.connection_url)
+    sent: list[bytes] = []
+    real_send = redis.connection.Connection.send_packed_command
+
+    def counting_send(self: Any, command: Any, *args: Any, **kwargs: Any) -> Any:
+        sent.append(b"".join(command) if isinstance(command, list) else command)
+        return real_send(self, command, *args, **kwargs)
+
+    try:
+        with Producer(settings) as producer:
+            producer.send({"type": "before"})
+            pid = int(observer.info("server")["process_id"])
+            monkeypatch.setattr(redis.connection.Connection, "send_packed_command", counting_send)
+            os.kill(pid, signal.SIGSTOP)
+            try:
+                with pytest.raises(QueueUnavailable, match="may have been stored"):
+                    producer.send({"type": "during"})
+            finally:
+                os.kill(pid, signal.SIGCONT)
+            monkeypatch.undo()
+        ids = observer.lrange(keys.queue, 0, -1)
+        pending = int(observer.get(keys.pending_events))
+    finally:
+        observer.close()
+        server.stop()
+
+    assert len([command for command in sent if b"EVALSHA" in command]) == 1
+    assert len(ids) == len(set(ids))
+    assert pending == len(ids)

@@ -197,11 +197,58 @@ def test_bundle_writer_failure_raises_queue_unavailable_and_stores_nothing(
     def fail(self: Any, *args: Any, **kwargs: Any) -> Any:
         raise redis.ConnectionError("connection reset")
 
-    monkeypatch.setattr(redis.client.Pipeline, "execute", fail)
-    with pytest.raises(QueueUnavailable):
+    monkeypatch.setattr(redis.commands.core.Script, "__call__", fail)
+    with pytest.raises(QueueUnavailable, match="is unreachable: ConnectionError"):
         BundleWriter(redis_client, Keys(namespace)).write([small(3)])
     monkeypatch.undo()
     assert redis_client.keys(f"{namespace}:*") == []
+
+
+def test_a_write_replayed_after_its_answer_was_lost_is_applied_once(
+    make_settings: Callable[..., Settings], namespace: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The producers' client retries once when a connection breaks. When the answer to a write
+    that Redis had applied is lost, the replay finds the write's marker: one bundle, counted
+    once (a replayed MULTI/EXEC pushed it twice and left a copy that was never settled)."""
+    settings = make_settings()
+    client = redis_client(settings.require_redis_url(), settings)
+    keys = Keys(namespace)
+    read_response = redis.connection.Connection.read_response
+    lost: list[bool] = []
+
+    def lose_the_first_answer(self: Any, *args: Any, **kwargs: Any) -> Any:
+        answer = read_response(self, *args, **kwargs)
+        if not lost:
+            lost.append(True)
+            self.disconnect()
+            raise redis.ConnectionError("Connection closed by server.")
+        return answer
+
+    client.ping()  # connected, and the write script loaded on the next call
+    monkeypatch.setattr(redis.connection.Connection, "read_response", lose_the_first_answer)
+    BundleWriter(client, keys).write([small(3)])
+    monkeypatch.undo()
+
+    assert lost == [True]
+    assert client.llen(keys.queue) == 1
+    assert int(client.get(keys.pending_events)) == 3
+    assert client.hlen(keys.pending_bundles) == 1
+    client.close()
+
+
+def test_a_write_redis_refuses_for_memory_is_queue_unavailable_saying_nothing_was_stored(
+    redis_client: redis.Redis, namespace: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """OOM (or a read-only replica) refuses the script at its first write: QueueUnavailable."""
+
+    def refuse(self: Any, *args: Any, **kwargs: Any) -> Any:
+        raise redis.exceptions.OutOfMemoryError(
+            "command not allowed when used memory > 'maxmemory'"
+        )
+
+    monkeypatch.setattr(redis.commands.core.Script, "__call__", refuse)
+    with pytest.raises(QueueUnavailable, match="refused the write: OutOfMemoryError"):
+        BundleWriter(redis_client, Keys(namespace)).write([small(3)])
 
 
 def test_translated_error_names_host_port_and_never_the_password() -> None:

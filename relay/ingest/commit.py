@@ -10,14 +10,15 @@ the check finds markers, nothing is written; the batch is rebuilt without those 
 written again.
 
 The writes themselves are what BundleWriter and RelayStore queue (the one home of the queue's
-layout); a CommandRecorder stands in for their pipeline and hands the commands to the script.
+layout); a CommandRecorder stands in for their pipeline and hands the commands to the script,
+relay.queue's CHECK_AND_WRITE_LUA, which producers run too.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -28,7 +29,14 @@ from relay.errors import QueueUnavailable
 from relay.event import Event
 from relay.ingest.batcher import Batcher
 from relay.keys import Keys
-from relay.queue import TRANSACTION_MAX_BYTES, BundleWriter, bundles
+from relay.queue import (
+    CHECK_AND_WRITE_LUA,
+    REFUSED_WRITES,
+    TRANSACTION_MAX_BYTES,
+    BundleWriter,
+    CommandRecorder,
+    bundles,
+)
 from relay.store import RelayStore
 
 log = logging.getLogger(__name__)
@@ -44,34 +52,8 @@ Redis busy while the ingest prepares the next batch: 6,356-6,562 requests/s agai
 with one, in the same runs."""
 CHECK_ATTEMPTS = 5
 """Each attempt that finds seen-markers drops their deliveries, so the batch only shrinks."""
-DROP_RECORDS_PER_COMMAND = 1_000
-REFUSED_WRITES = (redis.exceptions.OutOfMemoryError, redis.exceptions.ReadOnlyError)
-"""Answers with which Redis refuses a script at its first write, so nothing of it is stored."""
 REDIS_FAILURES = (redis.RedisError, TimeoutError, OSError)
 """What a Redis call can fail with when the server is down, slow, loading or out of memory."""
-
-# KEYS: the batch's seen-markers. ARGV: the markers' TTL, then the writes, each as its
-# argument count followed by the command. A Redis out of memory refuses the script at its
-# first write, before anything is stored; and the markers come last, so a script failing
-# halfway could leave events unmarked (a duplicate on the sender's retry) but never a marker
-# without its events (a loss).
-_CHECK_AND_WRITE_LUA = """
-local seen = {}
-for index, key in ipairs(KEYS) do
-  if redis.call('exists', key) == 1 then seen[#seen + 1] = index end
-end
-if #seen > 0 then return seen end
-local at = 2
-while at <= #ARGV do
-  local argc = tonumber(ARGV[at])
-  redis.call(unpack(ARGV, at + 1, at + argc))
-  at = at + argc + 1
-end
-for _, key in ipairs(KEYS) do
-  redis.call('set', key, '1', 'EX', ARGV[1])
-end
-return seen
-"""
 
 
 @dataclass(frozen=True, slots=True)
@@ -91,20 +73,6 @@ class Delivery:
     def weight(self) -> int:
         """How much of a batch's event budget this delivery takes (at least one)."""
         return max(1, len(self.events) + len(self.dropped))
-
-
-class CommandRecorder:
-    """Stands in for a pipeline: every command called on it is recorded, flat, for the script."""
-
-    def __init__(self, *leading: Any) -> None:
-        self.args: list[Any] = list(leading)
-
-    def __getattr__(self, name: str) -> Callable[..., CommandRecorder]:
-        def record(*args: Any) -> CommandRecorder:
-            self.args += [len(args) + 1, name.upper(), *args]
-            return self
-
-        return record
 
 
 def unavailable(exc: BaseException) -> QueueUnavailable:
@@ -149,7 +117,7 @@ class GroupCommitter:
         self.store = store
         self.dedup_ttl_s = dedup_ttl_s
         self.timeout_s = timeout_s
-        self._script = client.register_script(_CHECK_AND_WRITE_LUA)
+        self._script = client.register_script(CHECK_AND_WRITE_LUA)
         self._batcher: Batcher[Delivery, bool] = Batcher(
             self._commit,
             linger_s=linger_s,
@@ -213,11 +181,9 @@ class GroupCommitter:
         self.writer.write(list(bundles(events)), pipe=recorder)
         dropped = 0
         for delivery in deliveries:
-            # In chunks: Lua's unpack takes at most about 8,000 values, so one LPUSH of every
-            # drop record of a huge array could fail the batch on every retry.
-            for start in range(0, len(delivery.dropped), DROP_RECORDS_PER_COMMAND):
-                chunk = delivery.dropped[start : start + DROP_RECORDS_PER_COMMAND]
-                self.store.record_drops(chunk, "too_large", delivery.limit_bytes, pipe=recorder)
+            self.store.record_drops(
+                delivery.dropped, "too_large", delivery.limit_bytes, pipe=recorder
+            )
             dropped += len(delivery.dropped)
         self.store.add_totals(recorder, enqueued=len(events), dropped=dropped)
         return recorder.args
