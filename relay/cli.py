@@ -32,6 +32,8 @@ SEND_CHUNK_EVENTS = 1_000
 
 console = Console(stderr=True)
 F = TypeVar("F", bound=Callable[..., Any])
+AT_LEAST_1 = click.IntRange(min=1)
+PORT = click.IntRange(1, 65_535)
 
 
 def fail(message: str, code: int) -> None:
@@ -99,8 +101,12 @@ def nice_option(function: F) -> F:
 
 
 @main.command()
-@click.option("--processes", "-p", default=2, show_default=True, help="Worker processes.")
-@click.option("--threads", "-t", default=8, show_default=True, help="Threads per process.")
+@click.option(
+    "--processes", "-p", default=2, show_default=True, type=AT_LEAST_1, help="Worker processes."
+)
+@click.option(
+    "--threads", "-t", default=8, show_default=True, type=AT_LEAST_1, help="Threads per process."
+)
 @nice_option
 def worker(processes: int, threads: int, nice: int | None) -> None:
     """Run the worker fleet: publish queued bundles to SNS; metrics on RELAY_METRICS_PORT."""
@@ -112,7 +118,11 @@ def worker(processes: int, threads: int, nice: int | None) -> None:
     except ConfigError as exc:
         fail(str(exc), EXIT_USAGE)
     nice = settings.worker_nice if nice is None else nice
-    sys.exit(run_workers(settings, processes, threads, settings.metrics_port, nice=nice))
+    try:
+        code = run_workers(settings, processes, threads, settings.metrics_port, nice=nice)
+    except ConfigError as exc:
+        fail(str(exc), EXIT_USAGE)
+    sys.exit(code)
 
 
 def _lines(stream: IO[bytes]) -> Iterator[tuple[int, bytes]]:
@@ -275,7 +285,7 @@ def _dead_letters(settings: Settings) -> Any:
 @dlq.command("list")
 @click.option("--type", "event_type", help="Only events of this type (e.g. message.new).")
 @click.option("--older-than", help="Only dead letters at least this old (90s, 15m, 2h, 7d).")
-@click.option("--limit", default=50, show_default=True)
+@click.option("--limit", default=50, show_default=True, type=AT_LEAST_1)
 @click.option("--json", "as_json", is_flag=True)
 @handles_redis_down
 def dlq_list(event_type: str | None, older_than: str | None, limit: int, as_json: bool) -> None:
@@ -419,7 +429,7 @@ def dlq_purge(event_ids: tuple[str, ...], purge_all: bool, yes: bool) -> None:
 
 @main.command()
 @click.option("--host", default="127.0.0.1", show_default=True)
-@click.option("--port", default=8080, show_default=True, type=int)
+@click.option("--port", default=8080, show_default=True, type=PORT)
 @click.option(
     "--insecure-no-signature",
     is_flag=True,
@@ -444,7 +454,7 @@ def ingest(host: str, port: int, insecure_no_signature: bool) -> None:
 
 @main.command("local-sns")
 @click.option("--host", default="127.0.0.1", show_default=True)
-@click.option("--port", default=None, type=int, help="Default: the local SNS default port.")
+@click.option("--port", default=None, type=PORT, help="Default: the local SNS default port.")
 @click.option("--record-file", type=click.Path(dir_okay=False, path_type=Path))
 @click.option(
     "--max-recorded-messages",
@@ -469,10 +479,10 @@ def local_sns(
 
 
 @main.command()
-@click.option("--processes", "-p", default=2, show_default=True)
-@click.option("--threads", "-t", default=8, show_default=True)
+@click.option("--processes", "-p", default=2, show_default=True, type=AT_LEAST_1)
+@click.option("--threads", "-t", default=8, show_default=True, type=AT_LEAST_1)
 @click.option("--host", default="127.0.0.1", show_default=True, help="The ingest's address.")
-@click.option("--port", default=8080, show_default=True, type=int, help="The ingest's port.")
+@click.option("--port", default=8080, show_default=True, type=PORT, help="The ingest's port.")
 @click.option(
     "--insecure-no-signature",
     is_flag=True,
@@ -501,8 +511,8 @@ def up(
             )
     except ConfigError as exc:
         fail(str(exc), EXIT_USAGE)
-    sys.exit(
-        run_up(
+    try:
+        code = run_up(
             settings,
             processes,
             threads,
@@ -511,13 +521,17 @@ def up(
             insecure_no_signature=insecure_no_signature,
             worker_nice=settings.worker_nice if nice is None else nice,
         )
-    )
+    except ConfigError as exc:
+        fail(str(exc), EXIT_USAGE)
+    sys.exit(code)
 
 
 @main.command()
-@click.option("--events", default=5_000, show_default=True, help="How many events to send.")
-@click.option("--processes", "-p", default=2, show_default=True)
-@click.option("--threads", "-t", default=8, show_default=True)
+@click.option(
+    "--events", default=5_000, show_default=True, type=AT_LEAST_1, help="How many events to send."
+)
+@click.option("--processes", "-p", default=2, show_default=True, type=AT_LEAST_1)
+@click.option("--threads", "-t", default=8, show_default=True, type=AT_LEAST_1)
 def demo(events: int, processes: int, threads: int) -> None:
     """Zero-config demo: embedded Valkey, local SNS, workers, a spike of Stream events."""
     from relay.demo import run_demo

@@ -7,10 +7,12 @@ never print in reprs, logs or errors.
 from __future__ import annotations
 
 import re
+import urllib.parse
 from pathlib import Path
 
 from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
+from redis.connection import parse_url
 
 from relay import limits
 from relay.errors import ConfigError
@@ -29,6 +31,8 @@ producers must win every contest for the CPU."""
 _TOPIC_ARN_RE = re.compile(
     r"^arn:aws[a-z-]*:sns:([a-z0-9-]+):([0-9]{12}):([A-Za-z0-9_-]{1,256}(\.fifo)?)$"
 )
+_REGION_RE = re.compile(r"^[a-z]{2}(-[a-z]+)+-[0-9]{1,2}$")
+"""us-east-1, eu-central-2, us-gov-west-1, cn-north-1: what botocore would put in a hostname."""
 
 
 class Settings(BaseSettings):
@@ -87,6 +91,35 @@ class Settings(BaseSettings):
     def _redis_scheme(cls, value: str | None) -> str | None:
         if value and not value.startswith(("redis://", "rediss://", "unix://")):
             raise ValueError("must start with redis://, rediss:// or unix://")
+        if value:
+            try:
+                parse_url(value)  # type: ignore[no-untyped-call]
+            except ValueError:
+                # Not the parser's words: they can quote parts of the URL, a password among them.
+                raise ValueError(
+                    "is not a URL redis-py can read (host, port or database)"
+                ) from None
+        return value or None
+
+    @field_validator("sns_endpoint_url")
+    @classmethod
+    def _endpoint(cls, value: str | None) -> str | None:
+        if not value:
+            return None
+        try:
+            parts = urllib.parse.urlsplit(value)
+            parts.port  # noqa: B018 (raises ValueError for a port that is not a number)
+        except ValueError:
+            raise ValueError("is not a URL (its port is not a number?)") from None
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise ValueError("must be an http:// or https:// URL with a host")
+        return value
+
+    @field_validator("sns_region")
+    @classmethod
+    def _region(cls, value: str | None) -> str | None:
+        if value and not _REGION_RE.fullmatch(value):
+            raise ValueError("must be an AWS region name like us-east-1")
         return value or None
 
     @field_validator("sns_topic_arn")

@@ -20,9 +20,10 @@ from pathlib import Path
 from types import FrameType
 from typing import Any
 
+from relay.errors import ConfigError
 from relay.keys import Keys
 from relay.queue import redis_client
-from relay.settings import Settings
+from relay.settings import ENV_PREFIX, Settings
 
 WORKER_MODULE = "workers.actors"
 """Named, not imported: the producer side never imports the workers package."""
@@ -89,7 +90,13 @@ def serve_metrics(settings: Settings, multiproc_dir: Path, port: int) -> Any:
         redis_client(settings.require_redis_url(), settings), Keys(settings.namespace)
     )
     registry.register(QueueCollector(lambda: stats.collect(store)))
-    server, _thread = start_http_server(port, addr=settings.metrics_host, registry=registry)
+    try:
+        server, _thread = start_http_server(port, addr=settings.metrics_host, registry=registry)
+    except OSError as exc:  # in use, or an address this host does not have
+        raise ConfigError(
+            f"{ENV_PREFIX}METRICS_HOST:{ENV_PREFIX}METRICS_PORT {settings.metrics_host}:{port} "
+            f"cannot serve /metrics: {exc.strerror or exc}"
+        ) from None
     return server
 
 

@@ -866,3 +866,39 @@ def test_up_runs_ingest_and_workers_on_an_embedded_valkey(tmp_path: Path) -> Non
             code = process.wait(timeout=60)
         assert code == 0
         assert not (tmp_path / ".relay" / "redis.url").exists()
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["worker", "-p", "0"],
+        ["worker", "-t", "0"],
+        ["up", "-p", "-2"],
+        ["demo", "--events", "-5"],
+        ["ingest", "--port", "99999"],
+        ["local-sns", "--port", "0"],
+        ["dlq", "list", "--limit", "-1"],
+    ],
+)
+def test_counts_and_ports_out_of_range_are_usage_errors(args: list[str]) -> None:
+    """No process count, thread count or event count below 1, no port outside 1-65,535: exit
+    2 naming the option, before anything starts (worker -p 0 used to exit 0 doing nothing)."""
+    result = run(args, {})
+    assert result.exit_code == EXIT_USAGE, result.output
+    assert "is not in the range" in result.output
+
+
+def test_a_metrics_port_in_use_is_a_usage_error_naming_the_variables(
+    env: dict[str, str],
+) -> None:
+    """The worker's metrics port taken by another process: exit 2 saying so, no traceback."""
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        topic_arn = "arn:aws:sns:us-east-1:123456789012:relay-cli"
+        variables = env | {"RELAY_SNS_TOPIC_ARN": topic_arn, "RELAY_METRICS_PORT": str(port)}
+        result = run(["worker", "-p", "1", "-t", "1"], variables)
+    assert result.exit_code == EXIT_USAGE, result.output
+    assert f"RELAY_METRICS_HOST:RELAY_METRICS_PORT 127.0.0.1:{port} cannot serve" in said(result)
+    assert result.exception is None or isinstance(result.exception, SystemExit)

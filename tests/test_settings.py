@@ -286,6 +286,48 @@ def test_a_number_out_of_its_range_or_an_unknown_level_is_a_config_error(
     assert str(error).startswith(f"invalid configuration: {variable}: ")
 
 
+@pytest.mark.parametrize(
+    ("variable", "value"),
+    [
+        ("RELAY_REDIS_URL", "redis://127.0.0.1:notaport"),
+        ("RELAY_REDIS_URL", "redis://:leak-check-password@[::1"),
+        ("RELAY_SNS_ENDPOINT_URL", "notaurl"),
+        ("RELAY_SNS_ENDPOINT_URL", "ftp://127.0.0.1:4575"),
+        ("RELAY_SNS_ENDPOINT_URL", "http://127.0.0.1:port"),
+        ("RELAY_SNS_ENDPOINT_URL", "http://"),
+        ("RELAY_SNS_REGION", "US-EAST-1"),
+        ("RELAY_SNS_REGION", "us-east"),
+        ("RELAY_SNS_REGION", "us east 1"),
+    ],
+)
+def test_urls_and_regions_the_clients_could_not_use_are_config_errors(
+    env: pytest.MonkeyPatch, variable: str, value: str
+) -> None:
+    """A Redis URL redis-py cannot read, an SNS endpoint that is not http(s)://host, a region
+    that is not a region: refused at start (a bad endpoint used to fail every bundle later),
+    and the value itself, which may hold a password, is not echoed."""
+    error = str(config_error(env, **{variable: value}))
+    assert error.startswith(f"invalid configuration: {variable}: ")
+    assert "leak-check-password" not in error
+
+
+@pytest.mark.parametrize(
+    ("variable", "value"),
+    [
+        ("RELAY_REDIS_URL", "rediss://:pw@redis.internal:6380/2?ssl_cert_reqs=none"),
+        ("RELAY_REDIS_URL", "redis://[::1]:6379"),
+        ("RELAY_SNS_ENDPOINT_URL", "https://sns.us-gov-west-1.amazonaws.com"),
+        ("RELAY_SNS_ENDPOINT_URL", "http://localhost:4566/"),
+        ("RELAY_SNS_REGION", "us-gov-west-1"),
+        ("RELAY_SNS_REGION", "ap-southeast-2"),
+    ],
+)
+def test_real_urls_and_regions_load(env: pytest.MonkeyPatch, variable: str, value: str) -> None:
+    """TLS URLs with options, IPv6 hosts, GovCloud endpoints and regions pass the checks."""
+    env.setenv(variable, value)
+    Settings.load()
+
+
 def test_numbers_at_the_ends_of_their_ranges_load(env: pytest.MonkeyPatch) -> None:
     """TTL, sizes and backlog of 1, ports 1 and 65,535, niceness 0 and 19; levels in any case."""
     for variables, expected in [
