@@ -12,7 +12,13 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from relay.errors import InvalidEvent
-from relay.event import Event, attributes_for, check_event_id, new_event_id
+from relay.event import (
+    MAX_EVENT_ID_CHARS,
+    Event,
+    attributes_for,
+    check_event_id,
+    new_event_id,
+)
 from relay.ingest.http import Answer
 from relay.ingest.payload import Body, kind_of
 from relay.limits import message_bytes
@@ -41,7 +47,13 @@ def event_ids(webhook_id: bytes | None, count: int, is_array: bool) -> list[str]
     base = check_event_id(webhook_id.decode("ascii"))
     if not is_array:
         return [base]
-    return [check_event_id(f"{base}-{index}") for index in range(count)]
+    longest = len(f"{base}-{count - 1}")
+    if longest > MAX_EVENT_ID_CHARS:
+        raise InvalidEvent(
+            f"as `<id>-<index>` for an array of {count} events it makes ids of up to {longest} "
+            f"characters, over {MAX_EVENT_ID_CHARS}"
+        )
+    return [f"{base}-{index}" for index in range(count)]
 
 
 def split(body: Body, ids: list[str], limit_bytes: int, received_at_s: float) -> Split:

@@ -271,13 +271,26 @@ def test_an_unusable_webhook_id_is_400(runner: AppRunner, webhook_id: str) -> No
     assert "X-Webhook-Id" in response.json()["error"]
 
 
-def test_a_webhook_id_too_long_for_its_array_indexes_is_400(runner: AppRunner) -> None:
-    """`<id>-<index>` must also be a valid event id, so a 128-character id cannot head an array."""
-    body = b'[{"a":1}]'
+@pytest.mark.parametrize(
+    ("id_chars", "elements", "status"),
+    [(126, 10, 200), (126, 11, 400), (127, 1, 400), (126, 100, 400), (125, 100, 200)],
+)
+def test_a_webhook_id_too_long_for_its_array_indexes_is_400_saying_why(
+    runner: AppRunner, id_chars: int, elements: int, status: int
+) -> None:
+    """`<id>-<index>` must also be a valid event id (at most 128 characters): an id that fits a
+    single event but not its array's last index is refused, and the answer says so."""
+    body = ("[" + ",".join(['{"a":1}'] * elements) + "]").encode()
 
-    response = runner.post(body, signed(body, webhook_id="y" * 128))
+    response = runner.post(body, signed(body, webhook_id="y" * id_chars))
 
-    assert response.status_code == 400
+    assert response.status_code == status
+    if status == 400:
+        longest = id_chars + 1 + len(str(elements - 1))
+        assert response.json()["error"] == (
+            "X-Webhook-Id cannot serve as an event id: as `<id>-<index>` for an array of "
+            f"{elements} events it makes ids of up to {longest} characters, over 128"
+        )
 
 
 def test_an_announced_oversize_body_is_413_before_any_of_it_is_read(
