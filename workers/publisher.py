@@ -15,6 +15,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 from tenacity import (
+    RetryCallState,
     Retrying,
     retry_if_exception_type,
     stop_after_attempt,
@@ -200,6 +201,7 @@ class Publisher:
                 jitter=PUBLISH_BACKOFF_INITIAL_S,
             ),
             retry=retry_if_exception_type(_RetryableBatch),
+            before_sleep=_log_retry,
             sleep=self.sleep,
             reraise=True,
         )
@@ -296,6 +298,13 @@ class Publisher:
                 raise SnsUnavailable(str(unavailable), [*unavailable.remaining, *untried]) from None
 
     def _drop(self, events: Sequence[Event], limit: int, result: BundleResult) -> None:
+        for event in events:
+            log.warning(
+                "dropped event %s: %d bytes, over the topic's limit of %d (recorded; relay stats)",
+                event.id,
+                event.size_bytes,
+                limit,
+            )
         self.store.record_drops(events, "too_large", limit)
         metrics.EVENTS_DROPPED.labels("too_large").inc(len(events))
         result.dropped += len(events)
@@ -315,7 +324,31 @@ class Publisher:
             self.dead_letters.add(rejected)
             for letter in rejected:
                 metrics.EVENTS_DEAD_LETTERED.labels(letter.code).inc()
+                log.warning(
+                    "dead-lettered event %s: SNS answered %s: %s (relay dlq show %s)",
+                    letter.event.id,
+                    letter.code,
+                    letter.message[:DEAD_LETTER_LOG_CHARS],
+                    letter.event.id,
+                )
             result.dead_lettered += len(rejected)
+
+
+DEAD_LETTER_LOG_CHARS = 200
+"""SNS's reason as logged; the whole of it is kept with the dead letter."""
+
+
+def _log_retry(retry_state: RetryCallState) -> None:
+    """One line per retried PublishBatch: which failure, which attempt comes next, and when."""
+    failure = retry_state.outcome.exception() if retry_state.outcome is not None else None
+    wait_s = retry_state.next_action.sleep if retry_state.next_action is not None else 0.0
+    log.info(
+        "PublishBatch failed transiently (%s); attempt %d of %d in %.2f s",
+        failure,
+        retry_state.attempt_number + 1,
+        PUBLISH_MAX_ATTEMPTS,
+        wait_s,
+    )
 
 
 def error_code(exc: BaseException) -> str:

@@ -412,6 +412,38 @@ def test_a_permanent_entry_failure_is_dead_lettered_with_its_code(
     assert rig.store.totals() == {"published": 3, "dead_lettered": 1}
 
 
+def test_what_a_worker_does_with_events_besides_publishing_them_is_logged(
+    rig_for: Callable[..., Rig], caplog: pytest.LogCaptureFixture
+) -> None:
+    """A dead letter and a drop each get a WARNING naming the event (and the code or sizes), a
+    retry an INFO line naming the failure and the next attempt; a clean publish logs nothing."""
+    caplog.set_level(logging.INFO, logger="workers.publisher")
+    rig_for().publisher.publish(events(3))
+    assert caplog.records == []
+
+    rig = rig_for(
+        failing({"e1": ("Throttled", False), "e2": ("InvalidParameter", True)}), limit=2_048
+    )
+    rig.publisher.publish([*events(3), sized("huge", 3_000)])
+
+    lines = [(r.levelname, r.getMessage()) for r in caplog.records]
+    assert (
+        "WARNING",
+        "dropped event huge: 3000 bytes, over the topic's limit of 2048 (recorded; relay stats)",
+    ) in lines
+    assert (
+        "INFO",
+        "PublishBatch failed transiently (1 entries failed transiently (Throttled)); "
+        f"attempt 2 of {PUBLISH_MAX_ATTEMPTS} in {rig.delays[0]:.2f} s",
+    ) in lines
+    assert (
+        "WARNING",
+        "dead-lettered event e2: SNS answered InvalidParameter: InvalidParameter for e2 "
+        "(relay dlq show e2)",
+    ) in lines
+    assert len(lines) == 3
+
+
 def test_a_rejected_code_without_sender_fault_is_retried(rig_for: Callable[..., Rig]) -> None:
     """A per-entry failure with SenderFault false is transient whatever its code."""
     rig = rig_for(failing({"e0": ("InvalidParameter", False)}))
