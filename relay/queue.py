@@ -57,28 +57,28 @@ retry of it can come (one, within the 2 s command timeout and a 0.2 s backoff)."
 REFUSED_WRITES = (redis.exceptions.OutOfMemoryError, redis.exceptions.ReadOnlyError)
 """Answers with which Redis refuses a script at its first write, so nothing of it is stored."""
 
-# KEYS: markers. ARGV: the markers' TTL, then the writes, each as its argument count followed by
-# the command. If any marker exists, nothing is written and the positions of those found are
-# returned; else every write runs, then every marker is set, and the answer is empty. One script
-# is atomic, like MULTI/EXEC. A Redis out of memory refuses it at its first write, before
-# anything is stored; and the markers come last, so a script failing halfway could leave writes
-# unmarked (a duplicate on a retry) but never a marker without its writes (a loss).
-# The ingest's markers are its deliveries' webhook ids; a producer's, one per transaction, so
-# that redis-py replaying it after a lost answer applies nothing twice.
+# KEYS: markers, the first this write's own (write_done), the others the ingest's webhook ids.
+# ARGV: the first marker's TTL, the others' TTL, then the writes, each as its argument count
+# followed by the command. If any marker exists, nothing is written and the positions of those
+# found are returned (1: this very write was applied before, by an attempt whose answer was
+# lost); else every write runs, then every marker is set, and the answer is empty. One script is
+# atomic, like MULTI/EXEC. A Redis out of memory refuses it at its first write, before anything
+# is stored; and the markers come last, so a script failing halfway could leave writes unmarked
+# (a duplicate on a retry) but never a marker without its writes (a loss).
 CHECK_AND_WRITE_LUA = """
 local seen = {}
 for index, key in ipairs(KEYS) do
   if redis.call('exists', key) == 1 then seen[#seen + 1] = index end
 end
 if #seen > 0 then return seen end
-local at = 2
+local at = 3
 while at <= #ARGV do
   local argc = tonumber(ARGV[at])
   redis.call(unpack(ARGV, at + 1, at + argc))
   at = at + argc + 1
 end
-for _, key in ipairs(KEYS) do
-  redis.call('set', key, '1', 'EX', ARGV[1])
+for index, key in ipairs(KEYS) do
+  redis.call('set', key, '1', 'EX', index == 1 and ARGV[1] or ARGV[2])
 end
 return seen
 """
@@ -114,7 +114,7 @@ def write_once(client: redis.Redis, keys: Keys, commands: CommandRecorder) -> No
     marker = keys.write_done(uuid4().hex)
     script = client.register_script(CHECK_AND_WRITE_LUA)
     with translate_redis_errors(client):
-        script(keys=[marker], args=[WRITE_DONE_TTL_S, *commands.args])
+        script(keys=[marker], args=[WRITE_DONE_TTL_S, WRITE_DONE_TTL_S, *commands.args])
 
 
 def redis_client(url: str, settings: Settings, *, retries: int = 1) -> redis.Redis:

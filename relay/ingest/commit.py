@@ -21,6 +21,7 @@ import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
+from uuid import uuid4
 
 import redis.asyncio
 
@@ -33,6 +34,7 @@ from relay.queue import (
     CHECK_AND_WRITE_LUA,
     REFUSED_WRITES,
     TRANSACTION_MAX_BYTES,
+    WRITE_DONE_TTL_S,
     BundleWriter,
     CommandRecorder,
     bundles,
@@ -158,25 +160,28 @@ class GroupCommitter:
             for index, delivery in enumerate(batch)
             if delivery.webhook_id is None or first_of[delivery.webhook_id] == index
         ]
+        # The batch's own marker: redis-py replaying the script after a broken connection
+        # finds it if the first execution was applied, and writes nothing.
+        done = self.keys.write_done(uuid4().hex)
         for _attempt in range(CHECK_ATTEMPTS):
             if not fresh:
                 return [False] * len(batch)
             ids = [wid for i in fresh if (wid := batch[i].webhook_id) is not None]
             seen = await self._script(
-                keys=[self.keys.webhook_seen(webhook_id) for webhook_id in ids],
+                keys=[done, *(self.keys.webhook_seen(webhook_id) for webhook_id in ids)],
                 args=self._commands([batch[index] for index in fresh]),
             )
-            if not seen:
+            if not seen or seen[0] == 1:  # written now, or by an attempt whose answer was lost
                 self._count([batch[index] for index in fresh])
                 written = set(fresh)
                 return [index in written for index in range(len(batch))]
-            duplicates = {ids[position - 1] for position in seen}  # Lua counts from 1
+            duplicates = {ids[position - 2] for position in seen}  # Lua counts from 1
             fresh = [i for i in fresh if batch[i].webhook_id not in duplicates]
         raise redis.RedisError("webhook ids kept turning out to be duplicates")
 
     def _commands(self, deliveries: Sequence[Delivery]) -> list[Any]:
-        """The script's ARGV: the TTL, then the writes that store `deliveries`."""
-        recorder = CommandRecorder(self.dedup_ttl_s)
+        """The script's ARGV: the TTLs, then the writes that store `deliveries`."""
+        recorder = CommandRecorder(WRITE_DONE_TTL_S, self.dedup_ttl_s)
         events = [event for delivery in deliveries for event in delivery.events]
         self.writer.write(list(bundles(events)), pipe=recorder)
         dropped = 0

