@@ -73,6 +73,8 @@ def new_event_id() -> str:
 
 def check_event_id(event_id: str) -> str:
     """Return `event_id` if it can serve as an attribute and a FIFO dedup id; else InvalidEvent."""
+    if not isinstance(event_id, str):
+        raise InvalidEvent(f"event id must be a str, not {type(event_id).__name__}")
     if not limits.is_fifo_id(event_id):
         raise InvalidEvent(
             f"event id must be 1-{MAX_EVENT_ID_CHARS} printable ASCII characters without spaces",
@@ -89,15 +91,22 @@ def make_event(
 ) -> Event:
     """Build an Event from raw JSON (bytes or str, kept exactly) or a mapping (serialized once).
 
-    Raises InvalidEvent when the payload is not UTF-8, not JSON, or not a JSON object.
+    Raises InvalidEvent when the payload is not UTF-8, not JSON, or not a JSON object. Its
+    message names the event only by an id the caller gave: a generated one was never stored.
     """
-    event_id = check_event_id(event_id) if event_id is not None else new_event_id()
+    given_id = check_event_id(event_id) if event_id is not None else None
+    event_id = given_id or new_event_id()
+    if not isinstance(payload, Mapping | bytes | bytearray | memoryview | str):
+        raise InvalidEvent(
+            f"payload must be JSON text (bytes or str) or a mapping, not {type(payload).__name__}",
+            event_id=given_id,
+        )
     if isinstance(payload, Mapping):
         try:
             body_bytes = orjson.dumps(dict(payload))
         except TypeError as exc:
             raise InvalidEvent(
-                f"payload is not JSON-serializable: {exc}", event_id=event_id
+                f"payload is not JSON-serializable: {exc}", event_id=given_id
             ) from None
         parsed: Any = payload
         body = body_bytes.decode("utf-8")
@@ -107,16 +116,16 @@ def make_event(
                 body = bytes(payload).decode("utf-8")
             except UnicodeDecodeError as exc:
                 raise InvalidEvent(
-                    f"body is not UTF-8 (byte {exc.start})", event_id=event_id
+                    f"body is not UTF-8 (byte {exc.start})", event_id=given_id
                 ) from None
         else:
             body = payload
         try:
             parsed = orjson.loads(body)
         except orjson.JSONDecodeError as exc:
-            raise InvalidEvent(f"body is not valid JSON: {exc}", event_id=event_id) from None
+            raise InvalidEvent(f"body is not valid JSON: {exc}", event_id=given_id) from None
     if not isinstance(parsed, Mapping):
-        raise InvalidEvent("body must be a JSON object", event_id=event_id)
+        raise InvalidEvent("body must be a JSON object", event_id=given_id)
     return Event(
         id=event_id,
         body=body,

@@ -199,6 +199,35 @@ def test_an_event_id_with_a_trailing_newline_raises_invalid_event() -> None:
 # --- invalid payloads ------------------------------------------------------------------------
 
 
+@pytest.mark.parametrize("event_id", [5, b"evt-1", None.__class__])
+def test_an_event_id_that_is_not_a_str_raises_invalid_event_naming_its_type(
+    event_id: object,
+) -> None:
+    """An int, bytes or any other object as the id: InvalidEvent, not a TypeError."""
+    with pytest.raises(
+        InvalidEvent, match=f"event id must be a str, not {type(event_id).__name__}"
+    ):
+        make_event(b"{}", event_id=event_id)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("payload", [42, None, 1.5, ["not", "a", "mapping"], object()])
+def test_a_payload_of_the_wrong_type_raises_invalid_event_naming_its_type(payload: object) -> None:
+    """Not bytes, str or a mapping: InvalidEvent saying what was given, not 'not valid JSON'."""
+    with pytest.raises(InvalidEvent) as exc_info:
+        make_event(payload)  # type: ignore[arg-type]
+    assert exc_info.value.reason == (
+        f"payload must be JSON text (bytes or str) or a mapping, not {type(payload).__name__}"
+    )
+
+
+def test_an_invalid_payload_without_an_id_names_no_event() -> None:
+    """A generated id was never stored: the error does not name one."""
+    with pytest.raises(InvalidEvent) as exc_info:
+        make_event(b'{"text":"caf\xe9"}')
+    assert exc_info.value.event_id is None
+    assert str(exc_info.value) == "body is not UTF-8 (byte 12)"
+
+
 def test_non_utf8_bytes_raise_invalid_event_saying_so() -> None:
     """Bytes that are not UTF-8 raise InvalidEvent that says so, with the event id."""
     with pytest.raises(InvalidEvent, match="not UTF-8") as exc_info:
