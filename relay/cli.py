@@ -400,10 +400,14 @@ def dlq_replay(
     click.echo(f"replayed {replayed} dead letters")
 
 
+REPLAY_MAX_PER_WRITE = 1_000
+"""Dead letters replayed by one Redis write, however high the rate."""
+
+
 def replay_pace(rate_per_s: float) -> tuple[int, float]:
     """(dead letters per step, seconds per step) for at most `rate_per_s` events a second:
-    whole seconds' worth at a time, or one event at a time below one a second."""
-    step = max(1, int(rate_per_s))
+    a second's worth at a time (REPLAY_MAX_PER_WRITE at most), or one every 1/rate seconds."""
+    step = max(1, int(min(rate_per_s, REPLAY_MAX_PER_WRITE)))
     return step, step / rate_per_s
 
 

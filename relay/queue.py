@@ -90,13 +90,22 @@ with more (an LPUSH of every drop record of a huge array) would fail its script 
 
 
 class CommandRecorder:
-    """Stands in for a pipeline: every command called on it is recorded, flat, for the script."""
+    """Stands in for a pipeline: every command called on it is recorded, flat, for the script.
+
+    A command of more than SCRIPT_COMMAND_MAX_VALUES values is refused (ValueError) when it is
+    recorded: in the script it would fail after the writes before it had been applied.
+    """
 
     def __init__(self, *leading: Any) -> None:
         self.args: list[Any] = list(leading)
 
     def __getattr__(self, name: str) -> Callable[..., CommandRecorder]:
         def record(*args: Any) -> CommandRecorder:
+            if len(args) > SCRIPT_COMMAND_MAX_VALUES:
+                raise ValueError(
+                    f"{name.upper()} of {len(args)} values: record it in commands of at most "
+                    f"{SCRIPT_COMMAND_MAX_VALUES}"
+                )
             self.args += [len(args) + 1, name.upper(), *args]
             return self
 
@@ -120,8 +129,9 @@ def write_once(client: redis.Redis, keys: Keys, commands: CommandRecorder) -> No
 def redis_client(url: str, settings: Settings, *, retries: int = 1) -> redis.Redis:
     """A client with bounded timeouts: an unreachable Redis fails fast instead of hanging.
 
-    By default one quick reconnect attempt absorbs a dropped idle connection (the replay of a
-    write is harmless: write_once); more would only delay the error a producer needs to see. A
+    By default one quick reconnect attempt absorbs a dropped idle connection (a write_once
+    write replayed is applied once; the workers' `relay stats` totals, plain increments, could
+    count a replayed bundle twice); more would only delay the error a producer needs to see. A
     timeout is not retried: Redis is stalled, and waiting twice only doubles the time to the
     error. `retries=0` for callers to whom a replayed command is worse than an error (the
     workers' dramatiq calls: FACTS §9.4 D6).
@@ -207,7 +217,8 @@ def translate_redis_errors(client: redis.Redis) -> Iterator[None]:
         ) from None
     except redis.ConnectionError as exc:
         raise QueueUnavailable(
-            f"Redis at {_where(client)} is unreachable: {type(exc).__name__}"
+            f"Redis at {_where(client)} is unreachable: {type(exc).__name__} (if the connection "
+            "broke after a write was sent, what it was writing may have been stored)"
         ) from None
 
 

@@ -31,8 +31,10 @@ producers must win every contest for the CPU."""
 _TOPIC_ARN_RE = re.compile(
     r"^arn:aws[a-z-]*:sns:([a-z0-9-]+):([0-9]{12}):([A-Za-z0-9_-]{1,256}(\.fifo)?)$"
 )
-_REGION_RE = re.compile(r"^[a-z]{2}(-[a-z]+)+-[0-9]{1,2}$")
-"""us-east-1, eu-central-2, us-gov-west-1, cn-north-1: what botocore would put in a hostname."""
+_REGION_RE = re.compile(r"^[a-z]{2,4}(-[a-z]+)+-[0-9]{1,2}$")
+"""us-east-1, us-gov-west-1, cn-north-1, eusc-de-east-1: what botocore puts in a hostname."""
+_LOG_LEVEL_ALIASES = {"WARN": "WARNING", "FATAL": "CRITICAL"}
+"""Names the standard library takes for these levels too."""
 
 
 class Settings(BaseSettings):
@@ -139,9 +141,10 @@ class Settings(BaseSettings):
     @field_validator("log_level")
     @classmethod
     def _log_level(cls, value: str) -> str:
-        if value.upper() not in LOG_LEVELS:
+        level = _LOG_LEVEL_ALIASES.get(value.upper(), value.upper())
+        if level not in LOG_LEVELS:
             raise ValueError(f"must be one of {', '.join(LOG_LEVELS)}")
-        return value.upper()
+        return level
 
     @field_validator("log_format")
     @classmethod

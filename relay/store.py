@@ -84,8 +84,9 @@ class RelayStore:
             )
             for event in events
         ]
-        for start in range(0, len(records), SCRIPT_COMMAND_MAX_VALUES):
-            pipe.lpush(self.keys.dropped_log, *records[start : start + SCRIPT_COMMAND_MAX_VALUES])
+        per_command = SCRIPT_COMMAND_MAX_VALUES - 1  # the key is one of the command's values
+        for start in range(0, len(records), per_command):
+            pipe.lpush(self.keys.dropped_log, *records[start : start + per_command])
         pipe.ltrim(self.keys.dropped_log, 0, DROPPED_LOG_MAX_ENTRIES - 1)
         pipe.hincrby(self.keys.dropped_counts, reason, len(events))
         if own:

@@ -202,6 +202,20 @@ def test_replay_runs_as_one_script(
     assert {"HSET", "RPUSH", "HDEL", "ZREM"} <= {arg for arg in executed[0] if isinstance(arg, str)}
 
 
+def test_replaying_thousands_of_dead_letters_in_one_write_takes_them_all(
+    dlq: DeadLetters, redis_client: redis.Redis, keys: Keys
+) -> None:
+    """More ids than one script command may carry (the removal is chunked): every letter is
+    queued and removed, none left half-replayed."""
+    letters = [letter(f"e{n}") for n in range(2_500)]
+    dlq.add(letters)
+
+    assert dlq.replay(letters, BundleWriter(redis_client, keys)) == 2_500
+
+    assert dlq.depth() == 0
+    assert RelayStore(redis_client, keys).pending_events() == 2_500
+
+
 def test_replay_of_nothing_does_nothing(
     dlq: DeadLetters, redis_client: redis.Redis, keys: Keys
 ) -> None:

@@ -20,7 +20,10 @@ from relay.keys import ACTOR_NAME, QUEUE_NAME, Keys
 from relay.queue import (
     BUNDLE_MAX_BYTES,
     BUNDLE_MAX_EVENTS,
+    CHECK_AND_WRITE_LUA,
+    SCRIPT_COMMAND_MAX_VALUES,
     BundleWriter,
+    CommandRecorder,
     bundle_message,
     bundles,
     redis_client,
@@ -214,22 +217,31 @@ def test_a_write_replayed_after_its_answer_was_lost_is_applied_once(
     client = redis_client(settings.require_redis_url(), settings)
     keys = Keys(namespace)
     read_response = redis.connection.Connection.read_response
+    send = redis.connection.Connection.send_packed_command
     lost: list[bool] = []
+    scripts_sent: list[bool] = []
 
-    def lose_the_first_answer(self: Any, *args: Any, **kwargs: Any) -> Any:
+    def lose_the_first_script_answer(self: Any, *args: Any, **kwargs: Any) -> Any:
         answer = read_response(self, *args, **kwargs)
-        if not lost:
+        if isinstance(answer, list) and not lost:  # the script's answer: a list of markers seen
             lost.append(True)
             self.disconnect()
             raise redis.ConnectionError("Connection closed by server.")
         return answer
 
-    client.ping()  # connected, and the write script loaded on the next call
-    monkeypatch.setattr(redis.connection.Connection, "read_response", lose_the_first_answer)
+    def count_scripts(self: Any, command: Any, *args: Any, **kwargs: Any) -> Any:
+        if b"EVALSHA" in (b"".join(command) if isinstance(command, list) else command):
+            scripts_sent.append(True)
+        return send(self, command, *args, **kwargs)
+
+    client.script_load(CHECK_AND_WRITE_LUA)  # so the first EVALSHA runs, not a NOSCRIPT
+    monkeypatch.setattr(redis.connection.Connection, "read_response", lose_the_first_script_answer)
+    monkeypatch.setattr(redis.connection.Connection, "send_packed_command", count_scripts)
     BundleWriter(client, keys).write([small(3)])
     monkeypatch.undo()
 
     assert lost == [True]
+    assert len(scripts_sent) == 2  # the write and the client's replay of it
     assert client.llen(keys.queue) == 1
     assert int(client.get(keys.pending_events)) == 3
     assert client.hlen(keys.pending_bundles) == 1
@@ -311,3 +323,13 @@ def test_bundles_written_by_the_producer_are_consumed_by_a_real_dramatiq_worker(
     assert redis_client.llen(keys.queue) == 0
     assert redis_client.hlen(keys.queue_messages) == 0
     assert redis_client.zcard(keys.dramatiq_dead_letters) == 0
+
+
+def test_a_command_too_long_for_the_script_is_refused_when_recorded() -> None:
+    """The script's unpack takes about 8,000 values: a longer command would fail the script
+    after the writes before it. SCRIPT_COMMAND_MAX_VALUES values are recorded, one more is not."""
+    commands = CommandRecorder()
+    commands.hdel("key", *range(SCRIPT_COMMAND_MAX_VALUES - 1))
+    with pytest.raises(ValueError, match=f"HDEL of {SCRIPT_COMMAND_MAX_VALUES + 1} values"):
+        commands.hdel("key", *range(SCRIPT_COMMAND_MAX_VALUES))
+    assert commands.args[:2] == [SCRIPT_COMMAND_MAX_VALUES + 1, "HDEL"]

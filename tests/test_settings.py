@@ -320,6 +320,7 @@ def test_urls_and_regions_the_clients_could_not_use_are_config_errors(
         ("RELAY_SNS_ENDPOINT_URL", "http://localhost:4566/"),
         ("RELAY_SNS_REGION", "us-gov-west-1"),
         ("RELAY_SNS_REGION", "ap-southeast-2"),
+        ("RELAY_SNS_REGION", "eusc-de-east-1"),
     ],
 )
 def test_real_urls_and_regions_load(env: pytest.MonkeyPatch, variable: str, value: str) -> None:
@@ -346,6 +347,8 @@ def test_numbers_at_the_ends_of_their_ranges_load(env: pytest.MonkeyPatch) -> No
             {"RELAY_METRICS_PORT": "65535", "RELAY_WORKER_NICE": "19", "RELAY_LOG_LEVEL": "Error"},
             (1, 1, 1, 65_535, 19, "ERROR"),
         ),
+        ({"RELAY_LOG_LEVEL": "warn"}, (1, 1, 1, 65_535, 19, "WARNING")),
+        ({"RELAY_LOG_LEVEL": "fatal"}, (1, 1, 1, 65_535, 19, "CRITICAL")),
     ]:
         for name, value in variables.items():
             env.setenv(name, value)
