@@ -115,8 +115,9 @@ class Producer:
         """Enqueue one event; return its id once it is stored in Redis.
 
         Raises InvalidEvent (not a JSON object, not UTF-8, bad id), EventTooLarge (recorded as
-        dropped) or QueueUnavailable (Redis unreachable, full or read-only: nothing was stored;
-        or not answering in time: the event may have been stored, as its message says).
+        dropped) or QueueUnavailable (Redis full or read-only: nothing was stored; unreachable
+        or not answering in time: stored only if the connection failed after the write was
+        sent, which its message allows for).
         """
         metrics.EVENTS_RECEIVED.labels(source).inc()
         try:
