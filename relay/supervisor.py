@@ -41,6 +41,12 @@ SHUTDOWN_TIMEOUT_MS = 30_000
 """On SIGTERM, in-flight bundles get this long to finish; the rest return to the queue.
 Orchestrators must allow more (Kubernetes: terminationGracePeriodSeconds >= 40)."""
 
+WORKER_FORK_TIMEOUT_MS = 1_000
+"""How long dramatiq's parent waits for its worker processes to boot before it starts its fork
+processes (default 30 s). The relay has no fork processes, so the wait gates nothing; but a
+worker that died while booting was waited for in full (dramatiq 2.2 checks the wrong process
+before waiting), and only then was the death noticed and the fleet restarted, 30 s later."""
+
 
 def worker_command(processes: int, threads: int) -> list[str]:
     return [
@@ -54,6 +60,8 @@ def worker_command(processes: int, threads: int) -> list[str]:
         str(threads),
         "--worker-shutdown-timeout",
         str(SHUTDOWN_TIMEOUT_MS),
+        "--worker-fork-timeout",
+        str(WORKER_FORK_TIMEOUT_MS),
         # workers.actors configures logging itself (structlog; secret-logging libraries capped)
         "--skip-logging",
     ]
