@@ -129,9 +129,9 @@ def write_once(client: redis.Redis, keys: Keys, commands: CommandRecorder) -> No
 def redis_client(url: str, settings: Settings, *, retries: int = 1) -> redis.Redis:
     """A client with bounded timeouts: an unreachable Redis fails fast instead of hanging.
 
-    By default one quick reconnect attempt absorbs a dropped idle connection (a write_once
-    write replayed is applied once; the workers' `relay stats` totals, plain increments, could
-    count a replayed bundle twice); more would only delay the error a producer needs to see. A
+    By default one quick reconnect attempt absorbs a dropped idle connection (every write and
+    settle through it carries a marker of its own, so a replay is applied once); more would
+    only delay the error a producer needs to see. A
     timeout is not retried: Redis is stalled, and waiting twice only doubles the time to the
     error. `retries=0` for callers to whom a replayed command is worse than an error (the
     workers' dramatiq calls: FACTS §9.4 D6).

@@ -9,6 +9,7 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
+from uuid import uuid4
 
 import orjson
 import redis
@@ -17,6 +18,7 @@ from relay.event import Event
 from relay.keys import DROPPED_LOG_MAX_ENTRIES, Keys
 from relay.queue import (
     SCRIPT_COMMAND_MAX_VALUES,
+    WRITE_DONE_TTL_S,
     CommandRecorder,
     as_text,
     translate_redis_errors,
@@ -30,7 +32,12 @@ SETTLE_ALL = 2**31 - 1
 
 # Settling is idempotent per bundle: a bundle processed twice (a worker killed after publishing,
 # FACTS §9.4 D1) cannot take more off the pending count than it put on.
+# KEYS: pending bundles, pending events, this settle's own marker. ARGV: bundle id, count, the
+# marker's TTL. The marker makes a settle that redis-py replays after a lost answer (the
+# workers' client retries once on a broken connection) a no-op: a second partial settle of the
+# same bundle would take its remaining events off the count although they are still pending.
 _SETTLE_LUA = """
+if redis.call('exists', KEYS[3]) == 1 then return tonumber(redis.call('get', KEYS[3])) end
 local n = tonumber(redis.call('hget', KEYS[1], ARGV[1]) or '0')
 local k = math.min(n, tonumber(ARGV[2]))
 if k > 0 then
@@ -38,6 +45,7 @@ if k > 0 then
   else redis.call('hset', KEYS[1], ARGV[1], n - k) end
   redis.call('decrby', KEYS[2], k)
 end
+redis.call('set', KEYS[3], k, 'EX', ARGV[3])
 return k
 """
 
@@ -107,13 +115,12 @@ class RelayStore:
     def add_totals(self, pipe: Any = None, **deltas: int) -> None:
         """Add to the fleet-wide totals (`enqueued`, `published`, ...) shown by `relay stats`."""
         own = pipe is None
-        pipe = self.client.pipeline(transaction=False) if own else pipe
+        pipe = CommandRecorder() if own else pipe
         for name, delta in deltas.items():
             if delta:
                 pipe.hincrby(self.keys.totals, name, delta)
-        if own:
-            with translate_redis_errors(self.client):
-                pipe.execute()
+        if own and pipe.args:
+            write_once(self.client, self.keys, pipe)  # a replayed write counts once
 
     def totals(self) -> dict[str, int]:
         with translate_redis_errors(self.client):
@@ -130,8 +137,12 @@ class RelayStore:
         with translate_redis_errors(self.client):
             return int(
                 self._settle(
-                    keys=[self.keys.pending_bundles, self.keys.pending_events],
-                    args=[bundle_id, events],
+                    keys=[
+                        self.keys.pending_bundles,
+                        self.keys.pending_events,
+                        self.keys.write_done(uuid4().hex),
+                    ],
+                    args=[bundle_id, events, WRITE_DONE_TTL_S],
                 )
             )
 

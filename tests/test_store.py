@@ -4,6 +4,7 @@ the queue's oldest age, against a real Valkey."""
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from typing import Any
 
 import dramatiq
@@ -14,7 +15,9 @@ import redis
 from relay import store as store_module
 from relay.event import Event, make_event
 from relay.keys import ACTOR_NAME, QUEUE_NAME, Keys
-from relay.queue import BundleWriter
+from relay.queue import CHECK_AND_WRITE_LUA, BundleWriter
+from relay.queue import redis_client as queue_redis_client
+from relay.settings import Settings
 from relay.store import TOPIC_LIMIT_TTL_S, DroppedRecord, RelayStore
 
 TOPIC = "arn:aws:sns:us-east-1:123456789012:relay-test"
@@ -174,6 +177,49 @@ def test_partial_settle_then_the_rest(
     assert store.settle(bundle, 5) == 3
     assert store.pending_events() == 0
     assert store.settle(bundle, 1) == 0
+
+
+@pytest.mark.parametrize("call", ["settle", "add_totals"])
+def test_a_settle_or_totals_write_replayed_after_its_answer_was_lost_counts_once(
+    make_settings: Callable[..., Settings],
+    redis_client: redis.Redis,
+    keys: Keys,
+    monkeypatch: pytest.MonkeyPatch,
+    call: str,
+) -> None:
+    """The workers' client retries once on a broken connection. A partial settle (or a totals
+    increment) whose answer was lost is replayed; its marker makes the replay a no-op, so the
+    bundle's other events stay pending (and the totals count once)."""
+    settings = make_settings(namespace=keys.namespace)
+    store = RelayStore(queue_redis_client(settings.require_redis_url(), settings), keys)
+    bundle = write_bundle(redis_client, keys, 5)
+    store.client.script_load(store_module._SETTLE_LUA)
+    store.client.script_load(CHECK_AND_WRITE_LUA)
+    real_read = redis.connection.Connection.read_response
+    lost: list[Any] = []
+
+    def lose_the_first_script_answer(self: Any, *args: Any, **kwargs: Any) -> Any:
+        answer = real_read(self, *args, **kwargs)
+        if isinstance(answer, int | list) and not lost:  # a settle's count, a write's markers
+            lost.append(answer)
+            self.disconnect()
+            raise redis.ConnectionError("Connection closed by server.")
+        return answer
+
+    monkeypatch.setattr(redis.connection.Connection, "read_response", lose_the_first_script_answer)
+    if call == "settle":
+        assert store.settle(bundle, 2) == 2
+    else:
+        store.add_totals(published=2)
+    monkeypatch.undo()
+
+    assert len(lost) == 1
+    if call == "settle":
+        assert store.pending_events() == 3
+        assert int(redis_client.hget(keys.pending_bundles, bundle)) == 3
+    else:
+        assert store.totals().get("published") == 2
+    store.client.close()
 
 
 def test_settling_an_unknown_bundle_takes_nothing(
