@@ -51,8 +51,9 @@ TRANSACTION_MAX_BYTES = 8 * 1024 * 1024
 """Bundles are written in transactions of about this size, so one write never stalls Redis."""
 
 WRITE_DONE_TTL_S = 60
-"""How long a producer's transaction stays marked as applied: far longer than a client-side
-retry of it can come (one, within the 2 s command timeout and a 0.2 s backoff)."""
+"""How long a write (a producer's transaction, an ingest batch, a settle) stays marked as
+applied: far longer than a client-side retry of it can come (one, right after a broken
+connection, within a 0.2 s backoff)."""
 
 REFUSED_WRITES = (redis.exceptions.OutOfMemoryError, redis.exceptions.ReadOnlyError)
 """Answers with which Redis refuses a script at its first write, so nothing of it is stored."""
@@ -131,10 +132,9 @@ def redis_client(url: str, settings: Settings, *, retries: int = 1) -> redis.Red
 
     By default one quick reconnect attempt absorbs a dropped idle connection (every write and
     settle through it carries a marker of its own, so a replay is applied once); more would
-    only delay the error a producer needs to see. A
-    timeout is not retried: Redis is stalled, and waiting twice only doubles the time to the
-    error. `retries=0` for callers to whom a replayed command is worse than an error (the
-    workers' dramatiq calls: FACTS §9.4 D6).
+    only delay the error a producer needs to see. A timeout is not retried: Redis is stalled,
+    and waiting twice only doubles the time to the error. `retries=0` for callers to whom a
+    replayed command is worse than an error (the workers' dramatiq calls: FACTS §9.4 D6).
     """
     return redis.Redis.from_url(
         url,
