@@ -6,6 +6,7 @@ and to read the attributes subscribers filter on, and never re-serialized.
 
 from __future__ import annotations
 
+import math
 import time
 import uuid
 from collections.abc import Mapping
@@ -108,6 +109,13 @@ def make_event(
             raise InvalidEvent(
                 f"payload is not JSON-serializable: {exc}", event_id=given_id
             ) from None
+        # orjson writes NaN and infinities as null: refuse them rather than change the data.
+        # Only a body with a null in it can hold one, so most payloads skip the walk.
+        if b"null" in body_bytes and _holds_non_finite(payload):
+            raise InvalidEvent(
+                "payload holds NaN or an infinity, which JSON cannot represent",
+                event_id=given_id,
+            )
         parsed: Any = payload
         body = body_bytes.decode("utf-8")
     else:
@@ -132,6 +140,16 @@ def make_event(
         attributes=attributes_for(parsed, event_id),
         received_at_s=time.time() if received_at_s is None else received_at_s,
     )
+
+
+def _holds_non_finite(value: Any) -> bool:
+    if isinstance(value, float):
+        return not math.isfinite(value)
+    if isinstance(value, Mapping):
+        return any(_holds_non_finite(item) for item in value.values())
+    if isinstance(value, list | tuple):
+        return any(_holds_non_finite(item) for item in value)
+    return False
 
 
 def attributes_for(payload: Mapping[str, Any], event_id: str) -> dict[str, str]:

@@ -220,6 +220,26 @@ def test_a_payload_of_the_wrong_type_raises_invalid_event_naming_its_type(payloa
     )
 
 
+@pytest.mark.parametrize(
+    "payload",
+    [
+        {"x": float("nan")},
+        {"x": [1.0, float("inf")]},
+        {"x": {"deep": (float("-inf"),)}},
+    ],
+)
+def test_nan_or_an_infinity_in_a_mapping_raises_invalid_event(payload: dict[str, Any]) -> None:
+    """JSON cannot represent them (orjson would write null): refused, not silently changed."""
+    with pytest.raises(InvalidEvent, match="NaN or an infinity"):
+        make_event(payload)
+
+
+def test_null_and_finite_floats_in_a_mapping_are_kept() -> None:
+    """A real null and ordinary floats serialize as given."""
+    event = make_event({"x": None, "y": [1.5, -0.0, 1e308]})
+    assert event.body == '{"x":null,"y":[1.5,-0.0,1e+308]}'
+
+
 def test_an_invalid_payload_without_an_id_names_no_event() -> None:
     """A generated id was never stored: the error does not name one."""
     with pytest.raises(InvalidEvent) as exc_info:
