@@ -89,6 +89,7 @@ def process_name(pid: int) -> str:
 
 
 def _children() -> dict[int, list[int]]:
+    """Live processes by parent pid, from /proc (zombies, dead but not yet reaped, left out)."""
     children: dict[int, list[int]] = {}
     for entry in Path("/proc").iterdir():
         if not entry.name.isdigit():
@@ -97,9 +98,16 @@ def _children() -> dict[int, list[int]]:
             stat = (entry / "stat").read_text()
         except OSError:
             continue  # exited while we looked
-        ppid = int(stat.rsplit(")", 1)[1].split()[1])
-        children.setdefault(ppid, []).append(int(entry.name))
+        # "pid (comm) state ppid ...": comm may hold spaces and parentheses, so split after it.
+        state, ppid = stat.rsplit(")", 1)[1].split()[:2]
+        if state != "Z":
+            children.setdefault(int(ppid), []).append(int(entry.name))
     return children
+
+
+def child_pids(pid: int) -> list[int]:
+    """Live children of `pid`."""
+    return sorted(_children().get(pid, []))
 
 
 def descendants(root: int) -> list[int]:

@@ -42,23 +42,6 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-def child_pids(pid: int) -> list[int]:
-    """Live children of `pid`, read from /proc."""
-    children = []
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            stat = (entry / "stat").read_text()
-        except OSError:
-            continue
-        # "pid (comm) state ppid ...": comm may hold spaces and parentheses, so split after it.
-        state, ppid = stat[stat.rindex(")") + 2 :].split()[:2]
-        if int(ppid) == pid and state != "Z":
-            children.append(int(entry.name))
-    return sorted(children)
-
-
 def poll_until(
     predicate: Callable[[], T],
     timeout_s: float,

