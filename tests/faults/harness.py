@@ -16,10 +16,10 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from benchmarks.harness import child_pids
 from relay.embedded import start_server
 from tests.helpers import (
     WORKER_STOP_TIMEOUT_S,
-    child_pids,
     free_port,
     relay_command,
     relay_env,
