@@ -29,6 +29,7 @@ from relay import metrics
 from relay.errors import QueueUnavailable
 from relay.event import Event
 from relay.ingest.batcher import Batcher
+from relay.ingest.script import ScriptRunner
 from relay.keys import Keys
 from relay.queue import (
     CHECK_AND_WRITE_LUA,
@@ -119,7 +120,7 @@ class GroupCommitter:
         self.store = store
         self.dedup_ttl_s = dedup_ttl_s
         self.timeout_s = timeout_s
-        self._script = client.register_script(CHECK_AND_WRITE_LUA)
+        self._script = ScriptRunner(client.connection_pool, CHECK_AND_WRITE_LUA)
         self._batcher: Batcher[Delivery, bool] = Batcher(
             self._commit,
             linger_s=linger_s,
@@ -134,8 +135,9 @@ class GroupCommitter:
         return self._batcher.submit(delivery, delivery.weight, delivery.size_bytes)
 
     async def close(self) -> None:
-        """Write what is pending and wait for every batch in flight."""
+        """Write what is pending, wait for every batch in flight, then close the connections."""
         await self._batcher.close()
+        await self._script.close()
 
     async def _commit(self, batch: Sequence[Delivery]) -> list[bool]:
         try:
@@ -168,8 +170,8 @@ class GroupCommitter:
                 return [False] * len(batch)
             ids = [wid for i in fresh if (wid := batch[i].webhook_id) is not None]
             seen = await self._script(
-                keys=[done, *(self.keys.webhook_seen(webhook_id) for webhook_id in ids)],
-                args=self._commands([batch[index] for index in fresh]),
+                [done, *(self.keys.webhook_seen(webhook_id) for webhook_id in ids)],
+                self._commands([batch[index] for index in fresh]),
             )
             if not seen or seen[0] == 1:  # written now, or by an attempt whose answer was lost
                 self._count([batch[index] for index in fresh])

@@ -98,9 +98,10 @@ class IngestService:
             socket_timeout=timeout_s,
             # One immediate retry on a broken connection: a pooled connection to a Redis that
             # restarted fails at first use, which answered the first request after every
-            # restart with a 503. A replayed store script finds its batch's marker if the lost
-            # attempt was applied, so nothing is stored twice (FACTS §9.4 D6). A timeout is not
-            # retried: the request's 1 s deadline is already spent.
+            # restart with a 503. The store script's runner (relay.ingest.script) retries the
+            # same way on its own connections; a replayed store finds its batch's marker if the
+            # lost attempt was applied, so nothing is stored twice (FACTS §9.4 D6). A timeout
+            # is not retried: the request's 1 s deadline is already spent.
             retry=Retry(NoBackoff(), 1, supported_errors=(redis.ConnectionError,)),
         )
         _pack_in_one_write(self.client.connection_pool)
