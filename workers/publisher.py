@@ -13,6 +13,7 @@ import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from typing import TypeVar
 
 from tenacity import (
     RetryCallState,
@@ -33,6 +34,8 @@ from relay.store import RelayStore
 from workers.sns import BatchEntry, ErrorKind, SnsGateway, classify_entry_failure, classify_error
 
 log = logging.getLogger(__name__)
+
+T = TypeVar("T")
 
 PUBLISH_MAX_ATTEMPTS = 6
 PUBLISH_MAX_DELAY_S = 20.0
@@ -68,6 +71,10 @@ class BundleResult:
     dead_lettered: int = 0
     retried_entries: int = 0
     delivery_s: list[float] = field(default_factory=list)
+    drops: list[tuple[Event, int]] = field(default_factory=list)
+    """Each dropped event with the limit it was over, for the bundle's log line."""
+    letters: list[DeadLetter] = field(default_factory=list)
+    """The bundle's dead letters, for its log lines."""
 
 
 class TopicLimit:
@@ -189,6 +196,7 @@ class Publisher:
                     dead_lettered=result.dead_lettered,
                     dropped=result.dropped,
                 )
+            log_outcomes(result)
         return result
 
     def _publish_batch(self, batch: Sequence[Event], result: BundleResult) -> None:
@@ -298,16 +306,10 @@ class Publisher:
                 raise SnsUnavailable(str(unavailable), [*unavailable.remaining, *untried]) from None
 
     def _drop(self, events: Sequence[Event], limit: int, result: BundleResult) -> None:
-        for event in events:
-            log.warning(
-                "dropped event %s: %d bytes, over the topic's limit of %d (recorded; relay stats)",
-                event.id,
-                event.size_bytes,
-                limit,
-            )
         self.store.record_drops(events, "too_large", limit)
         metrics.EVENTS_DROPPED.labels("too_large").inc(len(events))
         result.dropped += len(events)
+        result.drops.extend((event, limit) for event in events)
 
     def _settled(
         self, accepted: Sequence[Event], rejected: Sequence[DeadLetter], result: BundleResult
@@ -324,18 +326,61 @@ class Publisher:
             self.dead_letters.add(rejected)
             for letter in rejected:
                 metrics.EVENTS_DEAD_LETTERED.labels(letter.code).inc()
-                log.warning(
-                    "dead-lettered event %s: SNS answered %s: %s (relay dlq show %s)",
-                    letter.event.id,
-                    letter.code,
-                    letter.message[:DEAD_LETTER_LOG_CHARS],
-                    letter.event.id,
-                )
             result.dead_lettered += len(rejected)
+            result.letters.extend(rejected)
 
 
 DEAD_LETTER_LOG_CHARS = 200
 """SNS's reason as logged; the whole of it is kept with the dead letter."""
+LOG_IDS_MAX = 10
+"""Event ids named in one log line; the rest are counted (every one is in its record)."""
+
+
+def log_outcomes(result: BundleResult) -> None:
+    """A WARNING per bundle for its drops, and one per SNS error code for its dead letters.
+
+    Per bundle, not per event: a run of bad events (every one rejected for the same reason)
+    would otherwise write a line per event, as fast as the workers read them. Each line names
+    up to LOG_IDS_MAX events; the records (`relay stats`, `relay dlq list`) hold every one.
+    """
+    by_limit: dict[int, list[Event]] = {}
+    for event, limit in result.drops:
+        by_limit.setdefault(limit, []).append(event)
+    for limit, dropped in by_limit.items():
+        log.warning(
+            "dropped %s over the topic's limit of %d bytes (recorded; relay stats): %s%s",
+            _count(len(dropped)),
+            limit,
+            ", ".join(f"{event.id} ({event.size_bytes} bytes)" for event in _head(dropped)),
+            _more(len(dropped)),
+        )
+    by_code: dict[str, list[DeadLetter]] = {}
+    for letter in result.letters:
+        by_code.setdefault(letter.code, []).append(letter)
+    for code, letters in by_code.items():
+        first = letters[0].event.id
+        log.warning(
+            "dead-lettered %s (%s%s), SNS answered %s, for %s: %s (relay dlq show %s)",
+            _count(len(letters)),
+            ", ".join(letter.event.id for letter in _head(letters)),
+            _more(len(letters)),
+            code,
+            first,
+            letters[0].message[:DEAD_LETTER_LOG_CHARS],
+            first,
+        )
+
+
+def _head(items: Sequence[T]) -> Sequence[T]:
+    return items[:LOG_IDS_MAX]
+
+
+def _more(count: int) -> str:
+    return f" and {count - LOG_IDS_MAX} more" if count > LOG_IDS_MAX else ""
+
+
+def _count(count: int) -> str:
+    return "1 event" if count == 1 else f"{count} events"
 
 
 def _log_retry(retry_state: RetryCallState) -> None:

@@ -37,6 +37,7 @@ from tests.conftest import TOPIC_ARN
 from tests.helpers import TEST_KEY, TEST_SECRET, MotoAws, moto_server
 from workers.publisher import (
     FIFO_FALLBACK_GROUP_ID,
+    LOG_IDS_MAX,
     PUBLISH_BACKOFF_INITIAL_S,
     PUBLISH_BACKOFF_MAX_S,
     PUBLISH_MAX_ATTEMPTS,
@@ -415,8 +416,9 @@ def test_a_permanent_entry_failure_is_dead_lettered_with_its_code(
 def test_what_a_worker_does_with_events_besides_publishing_them_is_logged(
     rig_for: Callable[..., Rig], caplog: pytest.LogCaptureFixture
 ) -> None:
-    """A dead letter and a drop each get a WARNING naming the event (and the code or sizes), a
-    retry an INFO line naming the failure and the next attempt; a clean publish logs nothing."""
+    """A bundle's drops and its dead letters each get a WARNING naming the events (and the
+    code or sizes), a retry an INFO line naming the failure and the next attempt; a clean
+    publish logs nothing."""
     caplog.set_level(logging.INFO, logger="workers.publisher")
     rig_for().publisher.publish(events(3))
     assert caplog.records == []
@@ -429,7 +431,8 @@ def test_what_a_worker_does_with_events_besides_publishing_them_is_logged(
     lines = [(r.levelname, r.getMessage()) for r in caplog.records]
     assert (
         "WARNING",
-        "dropped event huge: 3000 bytes, over the topic's limit of 2048 (recorded; relay stats)",
+        "dropped 1 event over the topic's limit of 2048 bytes (recorded; relay stats): "
+        "huge (3000 bytes)",
     ) in lines
     assert (
         "INFO",
@@ -438,10 +441,50 @@ def test_what_a_worker_does_with_events_besides_publishing_them_is_logged(
     ) in lines
     assert (
         "WARNING",
-        "dead-lettered event e2: SNS answered InvalidParameter: InvalidParameter for e2 "
-        "(relay dlq show e2)",
+        "dead-lettered 1 event (e2), SNS answered InvalidParameter, for e2: "
+        "InvalidParameter for e2 (relay dlq show e2)",
     ) in lines
     assert len(lines) == 3
+
+
+def test_a_bundle_of_bad_events_logs_a_line_per_reason_not_per_event(
+    rig_for: Callable[..., Rig], caplog: pytest.LogCaptureFixture
+) -> None:
+    """Every event of a bundle rejected (two codes) or too large: three WARNING lines, each
+    counting its events and naming the first LOG_IDS_MAX; every event is still recorded."""
+    caplog.set_level(logging.INFO, logger="workers.publisher")
+    bundle = events(30)
+    codes = {
+        f"e{i}": ("InvalidParameter" if i < 25 else "InvalidParameterValue", True)
+        for i in range(30)
+    }
+    rig = rig_for(*[failing(codes)] * 40, limit=2_048)
+    too_large = [sized(f"huge{i}", 3_000 + i) for i in range(12)]
+
+    result = rig.publisher.publish([*bundle, *too_large])
+
+    assert (result.dead_lettered, result.dropped, result.published) == (30, 12, 0)
+    assert rig.dead_letters.depth() == 30
+    lines = [(r.levelname, r.getMessage()) for r in caplog.records]
+    first_ten = ", ".join(f"e{i}" for i in range(LOG_IDS_MAX))
+    huge = ", ".join(f"huge{i} ({3_000 + i} bytes)" for i in range(LOG_IDS_MAX))
+    assert lines == [
+        (
+            "WARNING",
+            "dropped 12 events over the topic's limit of 2048 bytes (recorded; relay stats): "
+            f"{huge} and 2 more",
+        ),
+        (
+            "WARNING",
+            f"dead-lettered 25 events ({first_ten} and 15 more), SNS answered InvalidParameter, "
+            "for e0: InvalidParameter for e0 (relay dlq show e0)",
+        ),
+        (
+            "WARNING",
+            "dead-lettered 5 events (e25, e26, e27, e28, e29), SNS answered InvalidParameterValue, "
+            "for e25: InvalidParameterValue for e25 (relay dlq show e25)",
+        ),
+    ]
 
 
 def test_a_rejected_code_without_sender_fault_is_retried(rig_for: Callable[..., Rig]) -> None:
