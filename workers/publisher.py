@@ -190,13 +190,13 @@ class Publisher:
         finally:
             # One write per bundle, not per batch. The totals are for `relay stats` only (the
             # metrics and the records are exact), so a Redis blip here never fails the bundle.
+            log_outcomes(result)
             with contextlib.suppress(QueueUnavailable):
                 self.store.add_totals(
                     published=result.published,
                     dead_lettered=result.dead_lettered,
                     dropped=result.dropped,
                 )
-            log_outcomes(result)
         return result
 
     def _publish_batch(self, batch: Sequence[Event], result: BundleResult) -> None:

@@ -136,8 +136,10 @@ class GroupCommitter:
 
     async def close(self) -> None:
         """Write what is pending, wait for every batch in flight, then close the connections."""
-        await self._batcher.close()
-        await self._script.close()
+        try:
+            await self._batcher.close()
+        finally:
+            await self._script.close()
 
     async def _commit(self, batch: Sequence[Delivery]) -> list[bool]:
         try:
@@ -162,7 +164,7 @@ class GroupCommitter:
             for index, delivery in enumerate(batch)
             if delivery.webhook_id is None or first_of[delivery.webhook_id] == index
         ]
-        # The batch's own marker: redis-py replaying the script after a broken connection
+        # The batch's own marker: the runner replaying the script after a broken connection
         # finds it if the first execution was applied, and writes nothing.
         done = self.keys.write_done(uuid4().hex)
         for _attempt in range(CHECK_ATTEMPTS):
