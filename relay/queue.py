@@ -57,6 +57,14 @@ connection, within a 0.2 s backoff)."""
 
 REFUSED_WRITES = (redis.exceptions.OutOfMemoryError, redis.exceptions.ReadOnlyError)
 """Answers with which Redis refuses a script at its first write, so nothing of it is stored."""
+REFUSED_ACCESS = (
+    redis.exceptions.AuthenticationError,
+    redis.exceptions.AuthorizationError,
+    redis.exceptions.NoPermissionError,
+)
+"""Redis refusing the relay's user or password (RELAY_REDIS_URL), or under an ACL the command
+itself: before anything ran, so nothing was stored. The first two are ConnectionErrors to
+redis-py; said as what they are, they point at the configuration, not the network."""
 
 # KEYS: markers, the first this write's own (write_done), the others the ingest's webhook ids.
 # ARGV: the first marker's TTL, the others' TTL, then the writes, each as its argument count
@@ -201,14 +209,20 @@ class BundleWriter:
 
 @contextmanager
 def translate_redis_errors(client: redis.Redis) -> Iterator[None]:
-    """Turn redis-py's connection and timeout errors, and a write Redis refuses (out of memory,
-    read-only replica), into QueueUnavailable naming host:port and what may have been stored."""
+    """Turn redis-py's connection and timeout errors, a write Redis refuses (out of memory,
+    read-only replica) and refused credentials or ACL, into QueueUnavailable naming host:port
+    and what may have been stored."""
     try:
         yield
     except REFUSED_WRITES as exc:
         raise QueueUnavailable(
             f"Redis at {_where(client)} refused the write: {type(exc).__name__} (nothing was "
             "stored)"
+        ) from None
+    except REFUSED_ACCESS as exc:
+        raise QueueUnavailable(
+            f"Redis at {_where(client)} refused the relay's access: {type(exc).__name__} (check "
+            "the user and password in RELAY_REDIS_URL and the user's ACL; nothing was stored)"
         ) from None
     except redis.TimeoutError as exc:
         raise QueueUnavailable(

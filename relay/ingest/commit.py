@@ -33,6 +33,7 @@ from relay.ingest.script import ScriptRunner
 from relay.keys import Keys
 from relay.queue import (
     CHECK_AND_WRITE_LUA,
+    REFUSED_ACCESS,
     REFUSED_WRITES,
     TRANSACTION_MAX_BYTES,
     WRITE_DONE_TTL_S,
@@ -81,13 +82,18 @@ class Delivery:
 def unavailable(exc: BaseException) -> QueueUnavailable:
     """The error a request sees when Redis failed: the kind of failure, never the URL.
 
-    Redis refusing the script (out of memory, a read-only replica) stores nothing. After a
+    Redis refusing the script (out of memory, a read-only replica) or the ingest's user or
+    password (RELAY_REDIS_URL) stores nothing. After a
     timeout or a broken connection the script may still have run: the sender is told so, and
     that a retry with the same X-Webhook-Id is not stored twice (the script's seen-check).
     """
     if isinstance(exc, REFUSED_WRITES):
         return QueueUnavailable(
             f"Redis refused the write ({type(exc).__name__}); nothing was stored"
+        )
+    if isinstance(exc, REFUSED_ACCESS):
+        return QueueUnavailable(
+            f"Redis refused the ingest's access ({type(exc).__name__}); nothing was stored"
         )
     kind = "timed out" if isinstance(exc, TimeoutError) else type(exc).__name__
     return QueueUnavailable(

@@ -227,3 +227,46 @@ def test_a_store_replayed_after_its_answer_was_lost_is_stored_once(
     client.close()
     assert len(stored) == 2
     assert stored[0][0] == "warm-up"
+
+
+def test_a_refused_redis_password_is_a_503_that_says_so(valkey_restartable: Restartable) -> None:
+    """A wrong password in RELAY_REDIS_URL: 503 naming the refusal (not "unavailable, may have
+    been stored"), never the password."""
+    admin = redis.Redis.from_url(valkey_restartable.url)
+    admin.config_set("requirepass", "right-pw")
+    admin.close()
+    wrong = valkey_restartable.url.replace("redis://", "redis://:wrong-pw@", 1)
+    settings = make_settings(wrong)
+    with AppRunner(create_app(settings, tuning=Tuning(backlog_cache_s=0.0))) as runner:
+        answer = runner.post(EVENT, signed(EVENT))
+
+    assert (answer.status_code, answer.headers["retry-after"]) == (503, "1")
+    assert answer.json()["error"] == (
+        "Redis refused the ingest's access (AuthenticationError); nothing was stored"
+    )
+    assert "wrong-pw" not in answer.text
+
+
+def test_a_password_changed_under_a_running_ingest_is_a_503_that_says_so(
+    valkey_restartable: Restartable,
+) -> None:
+    """The store itself refused (the backlog read is cached): Redis's password changed and its
+    connections dropped, so the ingest's store script reconnects with the old one."""
+    settings = make_settings(valkey_restartable.url)
+    with AppRunner(create_app(settings, tuning=Tuning(backlog_cache_s=3600.0))) as runner:
+        assert runner.post(EVENT, signed(EVENT, webhook_id="before")).status_code == 200
+        admin = redis.Redis.from_url(valkey_restartable.url)
+        admin.config_set("requirepass", "new-pw")
+        admin.execute_command("AUTH", "new-pw")
+        admin.client_kill_filter(_type="normal", skipme=True)
+        admin.close()
+
+        answer = runner.post(EVENT, signed(EVENT, webhook_id="after"))
+
+    assert (answer.status_code, answer.headers["retry-after"]) == (503, "1")
+    assert answer.json()["error"] == (
+        "Redis refused the ingest's access (AuthenticationError); nothing was stored"
+    )
+    client = redis.Redis.from_url(valkey_restartable.url, password="new-pw")
+    assert [event[0] for event in stored_events(client, settings.namespace)] == ["before"]
+    client.close()
