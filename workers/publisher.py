@@ -188,9 +188,9 @@ class Publisher:
                     later = [event for rest in batches[number + 1 :] for event in rest]
                     raise SnsUnavailable(str(exc), [*exc.remaining, *later]) from exc.__cause__
         finally:
+            log_outcomes(result)
             # One write per bundle, not per batch. The totals are for `relay stats` only (the
             # metrics and the records are exact), so a Redis blip here never fails the bundle.
-            log_outcomes(result)
             with contextlib.suppress(QueueUnavailable):
                 self.store.add_totals(
                     published=result.published,
