@@ -168,10 +168,10 @@ class Producer:
         metrics.EVENTS_RECEIVED.labels(source).inc(len(report.outcomes))
         if invalid:
             metrics.EVENTS_REJECTED.labels("invalid").inc(invalid)
-        self.send_events(accepted, dropped=too_large, limit_bytes=limit, report=report)
+        self._send_events(accepted, dropped=too_large, limit_bytes=limit, report=report)
         return report
 
-    def send_events(
+    def _send_events(
         self,
         events: Sequence[Event],
         *,
@@ -179,7 +179,11 @@ class Producer:
         limit_bytes: int | None = None,
         report: SendReport | None = None,
     ) -> None:
-        """Store already-built events (ingest's path), recording `dropped` ones in the same writes.
+        """Store events `make_event` built, recording `dropped` ones in the same writes.
+
+        Private: its events' ids were checked when they were made. A public way to store
+        ready-made `Event`s would let ids no check has seen (a newline, a space) reach the
+        workers' log lines and SNS.
 
         Raises QueueUnavailable; with a `report`, outcomes of events not stored become
         "unavailable" (detail "queue unavailable") before it propagates.
