@@ -16,11 +16,11 @@ import redis
 from relay.event import Event
 from relay.keys import Keys
 from relay.queue import (
-    SCRIPT_COMMAND_MAX_VALUES,
     BundleWriter,
     CommandRecorder,
     as_text,
     bundles,
+    command_chunks,
     translate_redis_errors,
     write_once,
 )
@@ -121,8 +121,7 @@ class DeadLetters:
         commands = CommandRecorder()
         writer.write(list(bundles(events)), pipe=commands)
         ids = [event.id for event in events]
-        for start in range(0, len(ids), SCRIPT_COMMAND_MAX_VALUES - 1):  # the key is a value
-            chunk = ids[start : start + SCRIPT_COMMAND_MAX_VALUES - 1]
+        for chunk in command_chunks(ids):
             commands.hdel(self.keys.dead_letters, *chunk)
             commands.zrem(self.keys.dead_letter_index, *chunk)
         write_once(self.client, self.keys, commands)

@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 from uuid import uuid4
 
 import dramatiq
@@ -96,6 +96,16 @@ return seen
 SCRIPT_COMMAND_MAX_VALUES = 1_000
 """Values one recorded command may carry: Lua's unpack takes at most about 8,000, so a command
 with more (an LPUSH of every drop record of a huge array) would fail its script every time."""
+
+
+T = TypeVar("T")
+
+
+def command_chunks(values: Sequence[T]) -> Iterator[Sequence[T]]:
+    """`values` in slices that one recorded command can carry beside its key."""
+    per_command = SCRIPT_COMMAND_MAX_VALUES - 1  # the key is one of the command's values
+    for start in range(0, len(values), per_command):
+        yield values[start : start + per_command]
 
 
 class CommandRecorder:

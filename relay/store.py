@@ -17,10 +17,10 @@ import redis
 from relay.event import Event
 from relay.keys import DROPPED_LOG_MAX_ENTRIES, Keys
 from relay.queue import (
-    SCRIPT_COMMAND_MAX_VALUES,
     WRITE_DONE_TTL_S,
     CommandRecorder,
     as_text,
+    command_chunks,
     translate_redis_errors,
     write_once,
 )
@@ -92,9 +92,8 @@ class RelayStore:
             )
             for event in events
         ]
-        per_command = SCRIPT_COMMAND_MAX_VALUES - 1  # the key is one of the command's values
-        for start in range(0, len(records), per_command):
-            pipe.lpush(self.keys.dropped_log, *records[start : start + per_command])
+        for chunk in command_chunks(records):
+            pipe.lpush(self.keys.dropped_log, *chunk)
         pipe.ltrim(self.keys.dropped_log, 0, DROPPED_LOG_MAX_ENTRIES - 1)
         pipe.hincrby(self.keys.dropped_counts, reason, len(events))
         if own:
