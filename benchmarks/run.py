@@ -1,9 +1,10 @@
 """`make bench`: the relay against its baselines, measured in one run on loopback.
 
 `python -m benchmarks.run [--quick] [--events N] [--naive-events N] [--only NAME,...]
-[--json PATH] [--backlog N]`. Starts an embedded durable Valkey per path, the local SNS in its
-own process and each path's processes; prints a table and writes JSON (default
-benchmarks/results/latest.json). `--backlog N` runs the backlog checks instead (backlog.py).
+[--json PATH] [--backlog N] [--idle]`. Starts an embedded durable Valkey per path, the local SNS
+in its own process and each path's processes; prints a table and writes JSON (default
+benchmarks/results/latest.json). `--backlog N` runs the backlog checks instead (backlog.py),
+`--idle` an idle fleet's (idle.py).
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ from benchmarks import http_front, measure, profile, report
 from benchmarks.harness import BenchError, LocalSns, Valkey
 from benchmarks.scenarios import SCENARIOS, Context
 from benchmarks.workload import write_events
+from relay.settings import DEFAULT_WORKER_IDLE_POLL_MS
 
 DEFAULT_JSON = Path(__file__).resolve().parent / "results" / "latest.json"
 FULL = {"events": 40_000, "naive_events": 3_000, "paced_s": 6.0, "front_s": 10.0}
@@ -47,6 +49,11 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--only", help=f"comma-separated, of: {', '.join(SCENARIOS)}")
     parser.add_argument("--json", type=Path, default=DEFAULT_JSON)
     parser.add_argument("--backlog", type=int, help="run the backlog checks with N events")
+    parser.add_argument(
+        "--idle",
+        action="store_true",
+        help="measure an idle fleet instead: its CPU, and how soon it publishes after a pause",
+    )
     parser.add_argument("--keep", action="store_true", help="keep the work directory and logs")
     parser.add_argument(
         "--worker-nice",
@@ -54,6 +61,12 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
         default=None,
         help="run the relay's workers at this niceness (default 0, as relay up and relay worker "
         "run them)",
+    )
+    parser.add_argument(
+        "--worker-idle-poll-ms",
+        type=int,
+        default=None,
+        help="run the relay's workers with this RELAY_WORKER_IDLE_POLL_MS (default: the relay's)",
     )
     parser.add_argument(
         "--profile", type=Path, help="py-spy the workers during each flood into DIR (skews CPU)"
@@ -99,6 +112,7 @@ def run_paths(args: argparse.Namespace, workdir: Path, console: Console) -> dict
                     console,
                     args.profile,
                     args.worker_nice,
+                    args.worker_idle_poll_ms,
                 )
             )
     finally:
@@ -142,12 +156,13 @@ def run_one(
     console: Console,
     profile_dir: Path | None = None,
     worker_nice: int | None = None,
+    worker_idle_poll_ms: int | None = None,
 ) -> dict[str, Any]:
     began = time.monotonic()
     valkey_dir = workdir / f"valkey-{scenario.name}"
     valkey = Valkey.start(valkey_dir)
     nice = scenario.worker_nice if worker_nice is None else worker_nice
-    ctx = Context(workdir, valkey.url, sns, workdir / "events.jsonl", nice)
+    ctx = Context(workdir, valkey.url, sns, workdir / "events.jsonl", nice, worker_idle_poll_ms)
     fleet = None
     try:
         fleet = scenario.start(ctx)
@@ -165,6 +180,9 @@ def run_one(
         result["phases_s"] = {"start": round(started_s, 2), **result["phases_s"]}
         if scenario.sns_client is not None:
             result["worker_nice"] = nice
+            result["worker_idle_poll_ms"] = (
+                DEFAULT_WORKER_IDLE_POLL_MS if worker_idle_poll_ms is None else worker_idle_poll_ms
+            )
     except (BenchError, RuntimeError) as exc:
         result = {"scenario": scenario.name, "description": scenario.description, "error": str(exc)}
     finally:
@@ -201,6 +219,10 @@ def main(argv: list[str] | None = None) -> int:
 
             document = backlog.run(args.backlog, workdir, console, args.worker_nice)
             title = f"backlog of {args.backlog:,} events"
+        elif args.idle:
+            from benchmarks import idle
+
+            document = idle.run(workdir, console)
         else:
             document = run_paths(args, workdir, console)
             title = "sns-relay vs baselines" + (" (quick)" if args.quick else "")
@@ -217,6 +239,8 @@ def main(argv: list[str] | None = None) -> int:
             profile.print_summaries(document["results"], console)
             failed = any("error" in result for result in document["results"])
             failed |= any("error" in result for result in document.get("fronts", []))
+        elif document["kind"] == "idle":
+            failed = idle.print_report(document, console)
         else:
             failed = backlog.print_report(document, console)
         report.write_json(args.json, document)

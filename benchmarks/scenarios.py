@@ -39,6 +39,8 @@ class Context:
     events_file: Path
     worker_nice: int | None = None
     """The relay workers' RELAY_WORKER_NICE; None: the scenario's own (Scenario.worker_nice)."""
+    worker_idle_poll_ms: int | None = None
+    """The relay workers' RELAY_WORKER_IDLE_POLL_MS; None: the relay's default."""
 
 
 @dataclass
@@ -80,6 +82,11 @@ def relay_env(ctx: Context, sns_client: str) -> dict[str, str]:
             "RELAY_WEBHOOK_SECRET": WEBHOOK_SECRET,
             "RELAY_WORKER_NICE": str(ctx.worker_nice or 0),
         }
+        | (
+            {"RELAY_WORKER_IDLE_POLL_MS": str(ctx.worker_idle_poll_ms)}
+            if ctx.worker_idle_poll_ms is not None
+            else {}
+        )
     )
 
 

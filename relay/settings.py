@@ -30,6 +30,16 @@ up with it (p50 18-27 ms, as at 0) but `relay demo`'s spike waited for them (POS
 producers must win every contest for the CPU: with 1M events draining, a `send_many` producer on
 the same 2 cores ran 55.7 % slower with the workers at 0, and 1.4 % and 18.3 % slower at 19,
 while the drain lost 5 % (README, Performance)."""
+DEFAULT_WORKER_IDLE_POLL_MS = 100
+"""How long an idle worker process waits at most between looks at the queue, and so how late an
+event that ends a quiet spell can be picked up. dramatiq's consumer backs off from 5 ms, doubling,
+to its worker timeout, 1,000 ms: an idle relay took up to 0.6 s to start publishing, and the
+benchmark's latency p99 at half rate (300-570 ms) was mostly its workers waking up. Measured with
+`python -m benchmarks.run --idle` (2 processes of 8 threads, an event a second): pickup p50 296
+and 299 ms, at most 620 and 642, at 1,000 ms; 19 and 42 ms, at most 63 and 81, at 100. The idle
+fleet's CPU: 13.5 against 3.5-4 ms a second, its Valkey's 6 against 2.5-3 (README, Performance)."""
+MIN_WORKER_IDLE_POLL_MS = 10
+MAX_WORKER_IDLE_POLL_MS = 10_000
 _TOPIC_ARN_RE = re.compile(
     r"^arn:aws[a-z-]*:sns:([a-z0-9-]+):([0-9]{12}):([A-Za-z0-9_-]{1,256}(\.fifo)?)$"
 )
@@ -89,6 +99,10 @@ class Settings(BaseSettings):
 
     worker_nice: int = Field(default=DEFAULT_WORKER_NICE, ge=0, le=MAX_NICE)
     """CPU niceness of the worker processes `relay worker` and `relay up` start."""
+    worker_idle_poll_ms: int = Field(
+        default=DEFAULT_WORKER_IDLE_POLL_MS, ge=MIN_WORKER_IDLE_POLL_MS, le=MAX_WORKER_IDLE_POLL_MS
+    )
+    """The longest an idle worker process waits between looks at the queue."""
 
     @field_validator("redis_url")
     @classmethod

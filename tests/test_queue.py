@@ -152,6 +152,21 @@ def test_make_broker_uses_the_relays_namespace_and_timing(settings: Settings) ->
         broker.client.close()
 
 
+def test_only_the_main_queues_consumer_polls_at_the_idle_poll(
+    make_settings: Callable[..., Settings],
+) -> None:
+    """RELAY_WORKER_IDLE_POLL_MS caps the main queue's consumer backoff (how soon new work starts
+    after a quiet spell); the delay queue's keeps the worker timeout dramatiq passes."""
+    broker = make_broker(make_settings(worker_idle_poll_ms=250))
+    try:
+        main = broker.consume(QUEUE_NAME, prefetch=16, timeout=1_000)
+        delayed = broker.consume(f"{QUEUE_NAME}.DQ", prefetch=16, timeout=1_000)
+        assert (main.timeout, delayed.timeout) == (250, 1_000)
+        assert (main.prefetch, delayed.prefetch) == (16, 16)
+    finally:
+        broker.client.close()
+
+
 def test_make_broker_client_has_bounded_timeouts(make_settings: Callable[..., Settings]) -> None:
     """The broker's own client uses the configured connect and read timeouts."""
     settings = make_settings(redis_connect_timeout_s=0.7, redis_timeout_s=1.3)

@@ -274,6 +274,8 @@ def test_a_non_numeric_metrics_port_is_a_config_error_naming_the_variable(
         ("RELAY_REDIS_CONNECT_TIMEOUT_S", "-1"),
         ("RELAY_WORKER_NICE", "-1"),
         ("RELAY_WORKER_NICE", "20"),
+        ("RELAY_WORKER_IDLE_POLL_MS", "9"),
+        ("RELAY_WORKER_IDLE_POLL_MS", "10001"),
         ("RELAY_LOG_LEVEL", "chatty"),
     ],
 )
@@ -330,7 +332,8 @@ def test_real_urls_and_regions_load(env: pytest.MonkeyPatch, variable: str, valu
 
 
 def test_numbers_at_the_ends_of_their_ranges_load(env: pytest.MonkeyPatch) -> None:
-    """TTL, sizes and backlog of 1, ports 1 and 65,535, niceness 0 and 19; levels in any case."""
+    """TTL, sizes and backlog of 1, ports 1 and 65,535, niceness 0 and 19, idle polls of 10 and
+    10,000 ms; levels in any case."""
     for variables, expected in [
         (
             {
@@ -339,16 +342,22 @@ def test_numbers_at_the_ends_of_their_ranges_load(env: pytest.MonkeyPatch) -> No
                 "RELAY_INGEST_MAX_BACKLOG_EVENTS": "1",
                 "RELAY_METRICS_PORT": "1",
                 "RELAY_WORKER_NICE": "0",
+                "RELAY_WORKER_IDLE_POLL_MS": "10",
                 "RELAY_LOG_LEVEL": "debug",
             },
-            (1, 1, 1, 1, 0, "DEBUG"),
+            (1, 1, 1, 1, 0, 10, "DEBUG"),
         ),
         (
-            {"RELAY_METRICS_PORT": "65535", "RELAY_WORKER_NICE": "19", "RELAY_LOG_LEVEL": "Error"},
-            (1, 1, 1, 65_535, 19, "ERROR"),
+            {
+                "RELAY_METRICS_PORT": "65535",
+                "RELAY_WORKER_NICE": "19",
+                "RELAY_WORKER_IDLE_POLL_MS": "10000",
+                "RELAY_LOG_LEVEL": "Error",
+            },
+            (1, 1, 1, 65_535, 19, 10_000, "ERROR"),
         ),
-        ({"RELAY_LOG_LEVEL": "warn"}, (1, 1, 1, 65_535, 19, "WARNING")),
-        ({"RELAY_LOG_LEVEL": "fatal"}, (1, 1, 1, 65_535, 19, "CRITICAL")),
+        ({"RELAY_LOG_LEVEL": "warn"}, (1, 1, 1, 65_535, 19, 10_000, "WARNING")),
+        ({"RELAY_LOG_LEVEL": "fatal"}, (1, 1, 1, 65_535, 19, 10_000, "CRITICAL")),
     ]:
         for name, value in variables.items():
             env.setenv(name, value)
@@ -359,6 +368,7 @@ def test_numbers_at_the_ends_of_their_ranges_load(env: pytest.MonkeyPatch) -> No
             settings.ingest_max_backlog_events,
             settings.metrics_port,
             settings.worker_nice,
+            settings.worker_idle_poll_ms,
             settings.log_level,
         ) == expected
 

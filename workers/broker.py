@@ -54,9 +54,10 @@ _REDIS_ERRORS = (redis.ConnectionError, redis.TimeoutError)
 class RelayRedisBroker(RedisBroker):
     """RedisBroker whose consumers survive Redis errors without stranding or losing messages."""
 
-    def __init__(self, **kwargs: Any) -> None:
+    def __init__(self, *, idle_poll_ms: int | None = None, **kwargs: Any) -> None:
         super().__init__(**kwargs)
         self.keys = Keys(self.namespace)
+        self.idle_poll_ms = idle_poll_ms
         # queue name -> redis message ids handed to this process's threads and not yet acked,
         # nacked or requeued; anything else in this process's ack set is stranded (L2)
         self.held: dict[str, set[str]] = {}
@@ -68,6 +69,14 @@ class RelayRedisBroker(RedisBroker):
     @property
     def consumer_class(self) -> type[_RedisConsumer]:
         return RelayConsumer
+
+    def consume(self, queue_name: str, prefetch: int = 1, timeout: int = 5000) -> Any:
+        # dramatiq's worker timeout (`timeout`) is also how long idle worker threads wait on
+        # their in-process queue; only the main queue's poll decides how soon new work starts.
+        # The delay queue keeps dramatiq's, so an idle process makes no more calls than it must.
+        if self.idle_poll_ms is not None and not queue_name.endswith(".DQ"):
+            timeout = self.idle_poll_ms
+        return super().consume(queue_name, prefetch, timeout)
 
     def enqueue(self, message: dramatiq.Message[Any], *, delay: int | None = None) -> Any:
         try:
@@ -203,6 +212,7 @@ def make_broker(settings: Settings, client: redis.Redis | None = None) -> RelayR
         heartbeat_timeout=HEARTBEAT_TIMEOUT_MS,
         maintenance_chance=MAINTENANCE_CHANCE,
         dead_message_ttl=DEAD_MESSAGE_TTL_MS,
+        idle_poll_ms=settings.worker_idle_poll_ms,
         middleware=[TimeLimit(), RelayRetries(), CurrentMessage()],
     )
     broker.declare_queue(QUEUE_NAME)
