@@ -62,6 +62,13 @@ class Event:
                     raise TypeError("attribute names and values must be strings")
             if not isinstance(event_id, str) or not isinstance(body, str):
                 raise TypeError("event id and body must be strings")
+            # Checked again here, not only where events are made: an id reaches the workers'
+            # log lines and SNS, and a newline in one written into Redis by other means could
+            # forge a log line.
+            if not limits.is_fifo_id(event_id):
+                raise ValueError(
+                    f"event id is not 1-{limits.SNS_MAX_FIFO_ID_CHARS} printable ASCII characters"
+                )
             return cls(event_id, body, attributes, float(received_at_s))
         except (TypeError, ValueError) as exc:
             raise InvalidEvent(f"malformed bundle item: {exc}") from None

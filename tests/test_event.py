@@ -325,6 +325,10 @@ def test_wire_round_trip_keeps_the_event_exactly(
         pytest.param(["evt-1", "{}", 7, 1.0], id="attributes-number"),
         pytest.param(["evt-1", "{}", {}, "yesterday"], id="time-string"),
         pytest.param(["evt-1", "{}", {}, None], id="time-null"),
+        pytest.param(["evt\n2026-11-28 [error] forged", "{}", {}, 1.0], id="id-with-newline"),
+        pytest.param(["evt 1", "{}", {}, 1.0], id="id-with-space"),
+        pytest.param(["", "{}", {}, 1.0], id="id-empty"),
+        pytest.param(["e" * 129, "{}", {}, 1.0], id="id-too-long"),
     ],
 )
 def test_from_wire_on_malformed_items_raises_invalid_event(wire: Any) -> None:
