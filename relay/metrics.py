@@ -36,7 +36,7 @@ EVENTS_DEAD_LETTERED = Counter(
 )
 PUBLISH_REQUESTS = Counter(
     "relay_publish_requests",
-    "PublishBatch requests by outcome (ok, partial, throttled, error, unavailable).",
+    "PublishBatch requests by outcome (ok, partial, throttled, error, unavailable, rejected).",
     ["outcome"],
 )
 PUBLISH_RETRIES = Counter("relay_publish_retries", "Publish attempts that were retries.")

@@ -263,7 +263,9 @@ class Publisher:
             raise _RetryableBatch(
                 f"{len(remaining)} entries failed transiently ({', '.join(codes)})"
             )
-        metrics.PUBLISH_REQUESTS.labels("ok").inc()
+        # A request with entries SNS refused for good is not `ok`: RelayPublishErrors and the
+        # dashboard's outcome panel should see it, as the runbook says.
+        metrics.PUBLISH_REQUESTS.labels("partial" if rejected else "ok").inc()
 
     def _request_failed(
         self, exc: Exception, remaining: dict[str, Event], result: BundleResult

@@ -397,7 +397,8 @@ def test_a_permanent_entry_failure_is_dead_lettered_with_its_code(
     rig_for: Callable[..., Rig],
 ) -> None:
     """An entry SNS rejects for itself (SenderFault true) is dead-lettered with its code and
-    message, not retried; the rest of the batch is published."""
+    message, not retried; the rest of the batch is published, and the request counts as
+    `partial`, not `ok`."""
     bundle = events(4)
     rig = rig_for(failing({"e2": ("InvalidParameter", True)}))
     metrics = watch_all()
@@ -411,6 +412,8 @@ def test_a_permanent_entry_failure_is_dead_lettered_with_its_code(
     assert metrics.delta("relay_events_dead_lettered_total", reason="InvalidParameter") == 1
     assert metrics.delta("relay_events_published_total") == 3
     assert rig.store.totals() == {"published": 3, "dead_lettered": 1}
+    assert metrics.delta("relay_publish_requests_total", outcome="partial") == 1
+    assert metrics.delta("relay_publish_requests_total", outcome="ok") == 0
 
 
 def test_what_a_worker_does_with_events_besides_publishing_them_is_logged(
