@@ -897,6 +897,29 @@ def test_counts_and_ports_out_of_range_are_usage_errors(args: list[str]) -> None
     assert "is not in the range" in result.output
 
 
+def test_an_ingest_port_in_use_is_a_usage_error_naming_the_address(
+    env: dict[str, str], capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`relay ingest` and `python -m relay.ingest` on a taken port: exit 2 naming host, port and
+    the options, not uvicorn's exit 3 (which reads as Redis unreachable)."""
+    from relay.ingest.__main__ import main as ingest_main
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        variables = env | {"RELAY_WEBHOOK_SECRET": "s3cret"}
+        result = run(["ingest", "--port", str(port)], variables)
+        with pytest.MonkeyPatch.context() as patch:
+            for name, value in variables.items():
+                patch.setenv(name, value)
+            code = ingest_main(["--port", str(port)])
+    assert result.exit_code == EXIT_USAGE, result.output
+    assert f"the ingest cannot listen on 127.0.0.1:{port} (--host, --port)" in said(result)
+    assert code == EXIT_USAGE
+    assert f"cannot listen on 127.0.0.1:{port}" in capsys.readouterr().err
+
+
 def test_a_metrics_port_in_use_is_a_usage_error_naming_the_variables(
     env: dict[str, str],
 ) -> None:

@@ -8,16 +8,21 @@ whatever is still pending; `serve` then returns, so the process exits 0.
 from __future__ import annotations
 
 import gc
+import logging
 import signal
+import socket
 import threading
 from types import FrameType
 
 import uvicorn
 
 from relay import logs
+from relay.errors import ConfigError
 from relay.ingest.app import create_app
 from relay.ingest.service import DEFAULT_TUNING, Tuning
 from relay.settings import Settings
+
+log = logging.getLogger(__name__)
 
 DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORT = 8080
@@ -38,8 +43,8 @@ def serve(
 ) -> None:
     """Serve the ingest in the foreground until SIGTERM or SIGINT, then return normally.
 
-    Raises ConfigError (no Redis URL; no webhook secret without `insecure_no_signature`)
-    before binding, and SystemExit(1) when the port cannot be bound (uvicorn's own exit).
+    Raises ConfigError before serving anything: no Redis URL; no webhook secret without
+    `insecure_no_signature`; an address that cannot be bound (in use, not this host's).
     """
     # The relay's own lines and uvicorn's go through the root handler, console or JSON as
     # RELAY_LOG_FORMAT says (uvicorn's own logging config would print plain text beside it).
@@ -61,6 +66,9 @@ def serve(
         timeout_keep_alive=KEEP_ALIVE_S,
         timeout_graceful_shutdown=GRACEFUL_SHUTDOWN_S,
     )
+    listener = bind(host, port)
+    # uvicorn says where it runs only when it binds the socket itself.
+    log.info("ingest listening on http://%s:%d/events", host, listener.getsockname()[1])
     server = uvicorn.Server(config)
     # uvicorn re-raises the signal that stopped it once it has shut down, which would end the
     # process by SIGTERM (status 143) instead of exit 0; a handler in place absorbs the re-raise.
@@ -73,12 +81,30 @@ def serve(
     # they take under a millisecond.
     gc.freeze()
     try:
-        server.run()
+        server.run(sockets=[listener])
     finally:
+        listener.close()
         for sig, handler in previous.items():
             signal.signal(sig, handler)
     if not server.started:
         raise SystemExit(1)
+
+
+def bind(host: str, port: int) -> socket.socket:
+    """A listening socket on host:port; ConfigError naming the address when it cannot be had.
+
+    Bound here rather than by uvicorn, which logs the error and exits 3 (the relay's code for
+    Redis unreachable) when the port is taken.
+    """
+    try:
+        family, _type, _proto, _name, address = socket.getaddrinfo(
+            host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
+        )[0]
+        return socket.create_server(address, family=family)
+    except OSError as exc:  # in use, an address this host does not have, a name that resolves
+        raise ConfigError(
+            f"the ingest cannot listen on {host}:{port} (--host, --port): {exc.strerror or exc}"
+        ) from None
 
 
 def _absorb(signum: int, frame: FrameType | None) -> None:

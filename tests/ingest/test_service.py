@@ -70,7 +70,7 @@ def test_serve_freezes_what_exists_before_it_starts_serving(
     calls: list[str] = []
     monkeypatch.setattr(server.gc, "freeze", lambda: calls.append("freeze"))
 
-    def run(self: uvicorn.Server) -> None:
+    def run(self: uvicorn.Server, sockets: list[object] | None = None) -> None:
         calls.append("run")
         self.started = True
 
