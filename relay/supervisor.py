@@ -128,7 +128,13 @@ def lower_priority(nice: int) -> None:
 
 
 def run_workers(
-    settings: Settings, processes: int, threads: int, metrics_port: int, *, nice: int = 0
+    settings: Settings,
+    processes: int,
+    threads: int,
+    metrics_port: int,
+    *,
+    nice: int = 0,
+    ingest: subprocess.Popen[bytes] | None = None,
 ) -> int:
     """Run the fleet in the foreground until it is signalled; return dramatiq's exit code.
 
@@ -136,6 +142,11 @@ def run_workers(
     the kernel's OOM killer, say). Unless a stop was asked for, the fleet is started again here
     after a backoff, so `relay up`'s ingest and this metrics endpoint keep running. The worker
     processes run at niceness `nice` (0: unchanged).
+
+    `ingest`, `relay up`'s ingest process, gets SIGTERM as soon as this does, so it stops taking
+    events while the workers finish theirs; should it exit unasked, the fleet is stopped and its
+    exit code (1 for 0, 128 + N for signal N) is returned: a relay without its ingest must not
+    look alive.
     """
     multiproc_dir = fresh_multiproc_dir()
     server = serve_metrics(settings, multiproc_dir, metrics_port)
@@ -144,6 +155,7 @@ def run_workers(
     # lock taken by the interrupted code would deadlock it.
     stopping = False
     child: subprocess.Popen[bytes] | None = None
+    ingest_code: int | None = None
 
     def forward(signum: int, _frame: FrameType | None) -> None:
         nonlocal stopping
@@ -151,6 +163,33 @@ def run_workers(
             stopping = True
         if child is not None and child.poll() is None:
             child.send_signal(signum)
+        # SIGTERM only: a terminal's Ctrl-C reaches the ingest itself, and a second SIGINT
+        # would make uvicorn drop the requests in flight.
+        if signum == signal.SIGTERM and ingest is not None and ingest.poll() is None:
+            ingest.send_signal(signum)
+
+    def ingest_gone() -> bool:
+        """True once the ingest has exited unasked; then the fleet is being stopped."""
+        nonlocal stopping, ingest_code
+        if ingest is None or stopping or (code := ingest.poll()) is None:
+            return False
+        # A signal's death (-9) as a shell would say it (137); 0 still means it stopped unasked.
+        ingest_code = 128 - code if code < 0 else (code or 1)
+        stopping = True
+        print(
+            f"relay up: the ingest exited with code {code}; stopping the workers.",
+            file=sys.stderr,
+            flush=True,
+        )
+        if child is not None and child.poll() is None:
+            child.send_signal(signal.SIGTERM)
+        return True
+
+    def wait(process: subprocess.Popen[bytes]) -> int:
+        while (code := process.poll()) is None:
+            ingest_gone()
+            time.sleep(RESTART_POLL_S)
+        return code
 
     previous = {
         sig: signal.signal(sig, forward) for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
@@ -162,7 +201,9 @@ def run_workers(
             child = start_workers(settings, processes, threads, multiproc_dir)
             if stopping:  # asked to stop while the child was being started
                 child.send_signal(signal.SIGTERM)
-            code = child.wait()
+            code = wait(child) if ingest is not None else child.wait()
+            if ingest_code is not None:
+                return ingest_code
             if stopping or code != DRAMATIQ_WORKER_DIED:
                 # Asked to stop, or a failure a restart would only repeat (a broken import,
                 # no broker at boot): exit with it, for whoever runs us to see.
@@ -179,7 +220,10 @@ def run_workers(
             forget_dead_gauges(multiproc_dir)
             restart_at = time.monotonic() + backoff_s
             while not stopping and time.monotonic() < restart_at:
+                ingest_gone()
                 time.sleep(RESTART_POLL_S)  # a stop signal is seen within this
+            if ingest_code is not None:
+                return ingest_code
             if stopping:
                 return 0  # nothing runs any more, and that is what was asked for
             backoff_s = min(backoff_s * 2, RESTART_BACKOFF_MAX_S)

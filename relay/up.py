@@ -13,7 +13,8 @@ from relay.settings import DEFAULT_WORKER_NICE, Settings
 from relay.supervisor import run_workers
 
 INGEST_STOP_TIMEOUT_S = 20.0
-"""The ingest finishes in-flight requests within 10 s of SIGTERM; this leaves it a margin."""
+"""The ingest finishes in-flight requests within 10 s of SIGTERM (sent to it as soon as `relay
+up` gets one); this leaves it a margin."""
 
 
 def run_up(
@@ -26,8 +27,9 @@ def run_up(
     insecure_no_signature: bool = False,
     worker_nice: int = DEFAULT_WORKER_NICE,
 ) -> int:
-    """Run until signalled; return the workers' exit code. The workers run at niceness
-    `worker_nice` (the ingest and Valkey, started first, keep theirs)."""
+    """Run until signalled; return the workers' exit code, or the ingest's should it exit
+    unasked (the workers are stopped then). The workers run at niceness `worker_nice` (the
+    ingest and Valkey, started first, keep theirs)."""
     server = None
     if not settings.redis_url:
         settings.data_dir.mkdir(parents=True, exist_ok=True)
@@ -45,7 +47,9 @@ def run_up(
     ingest = subprocess.Popen(command, env=env)
     print(f"ingest on http://{ingest_host}:{ingest_port}/events, workers {processes}x{threads}")
     try:
-        return run_workers(settings, processes, threads, settings.metrics_port, nice=worker_nice)
+        return run_workers(
+            settings, processes, threads, settings.metrics_port, nice=worker_nice, ingest=ingest
+        )
     finally:
         ingest.terminate()
         try:

@@ -8,7 +8,9 @@ talks to moto's server.
 from __future__ import annotations
 
 import json
+import os
 import re
+import signal
 import socket
 import subprocess
 import time
@@ -875,6 +877,111 @@ def test_up_runs_ingest_and_workers_on_an_embedded_valkey(tmp_path: Path) -> Non
             code = process.wait(timeout=60)
         assert code == 0
         assert not (tmp_path / ".relay" / "redis.url").exists()
+
+
+def up_env(sns_url: str, topic: str, secret: str = "up-test-secret") -> dict[str, str]:
+    return relay_env(
+        {
+            "RELAY_SNS_TOPIC_ARN": topic,
+            "RELAY_SNS_ENDPOINT_URL": sns_url,
+            "RELAY_SNS_KEY": "x",
+            "RELAY_SNS_SECRET": "y",
+            "RELAY_WEBHOOK_SECRET": secret,
+            "RELAY_METRICS_PORT": str(free_port()),
+        }
+    )
+
+
+def children(pid: int) -> list[int]:
+    """The live processes whose parent is `pid`."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                stat = (entry / "stat").read_text()
+            except OSError:
+                continue
+            fields = stat.rsplit(")", 1)[1].split()
+            if fields[0] != "Z" and int(fields[1]) == pid:
+                found.append(int(entry.name))
+    return found
+
+
+def command_line(pid: int) -> str:
+    try:
+        return (Path("/proc") / str(pid) / "cmdline").read_bytes().replace(b"\0", b" ").decode()
+    except OSError:
+        return ""
+
+
+@pytest.mark.slow
+def test_up_whose_ingest_cannot_listen_stops_everything_and_exits_2(tmp_path: Path) -> None:
+    """`relay up` on a taken port: the ingest exits 2 naming the address, and `relay up` stops
+    its workers and embedded Valkey and exits 2, instead of running on without an ingest."""
+    from relay.local_sns import LocalSnsServer
+
+    with LocalSnsServer() as sns, socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        completed = subprocess.run(
+            relay_command("up", "-p", "1", "-t", "1", "--port", str(port)),
+            env=up_env(sns.url, sns.create_topic("up")),
+            cwd=tmp_path,
+            capture_output=True,
+            timeout=90,
+            check=False,
+        )
+    stderr = completed.stderr.decode()
+    assert completed.returncode == EXIT_USAGE, stderr
+    assert f"the ingest cannot listen on 127.0.0.1:{port}" in stderr
+    assert "relay up: the ingest exited with code 2; stopping the workers." in stderr
+    assert not (tmp_path / ".relay" / "redis.url").exists()
+
+
+@pytest.mark.slow
+def test_up_stops_when_its_ingest_is_killed(tmp_path: Path) -> None:
+    """The ingest SIGKILLed under `relay up`: the workers are stopped and `relay up` exits 137,
+    so whatever runs it sees the relay is down; no process of it is left."""
+    from relay.ingest.client import WebhookSender
+    from relay.local_sns import LocalSnsServer
+
+    log = tmp_path / "up.log"
+    with LocalSnsServer() as sns, log.open("wb") as sink:
+        port = free_port()
+        process = subprocess.Popen(
+            relay_command("up", "-p", "1", "-t", "1", "--port", str(port)),
+            env=up_env(sns.url, sns.create_topic("up")),
+            cwd=tmp_path,
+            stdout=subprocess.DEVNULL,
+            stderr=sink,
+        )
+        sender = WebhookSender(f"http://127.0.0.1:{port}", "up-test-secret")
+        try:
+
+            def posted() -> bool:
+                try:
+                    return sender.post(b'{"type":"message.new"}', webhook_id="kill-1")[0] == 200
+                except OSError:
+                    sender.close()
+                    return False
+
+            poll_until(posted, timeout_s=30)
+            sns.wait_for_published(1, timeout_s=30)
+            everything = children(process.pid)
+            (ingest,) = [pid for pid in everything if " ingest " in command_line(pid)]
+            os.kill(ingest, signal.SIGKILL)
+            code = process.wait(timeout=60)
+        finally:
+            sender.close()
+            if process.poll() is None:
+                process.kill()
+                process.wait()
+    stderr = log.read_text()
+    assert code == 128 + signal.SIGKILL, stderr
+    assert "relay up: the ingest exited with code -9; stopping the workers." in stderr
+    assert [pid for pid in everything if Path(f"/proc/{pid}").exists()] == []
+    assert not (tmp_path / ".relay" / "redis.url").exists()
 
 
 @pytest.mark.parametrize(
