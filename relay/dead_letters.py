@@ -69,13 +69,13 @@ class DeadLetters:
             pipe.execute()
 
     def depth(self) -> int:
-        with translate_redis_errors(self.client):
+        with translate_redis_errors(self.client, writes=False):
             return int(self.client.zcard(self.keys.dead_letter_index))
 
     def ids(self, *, older_than_s: float | None = None, limit: int | None = None) -> list[str]:
         """Ids, oldest first; only those dead-lettered at least `older_than_s` ago when given."""
         newest = "+inf" if older_than_s is None else time.time() - older_than_s
-        with translate_redis_errors(self.client):
+        with translate_redis_errors(self.client, writes=False):
             raw = self.client.zrangebyscore(
                 self.keys.dead_letter_index,
                 "-inf",
@@ -89,7 +89,7 @@ class DeadLetters:
         """The records of `event_ids` that exist, in the order given."""
         if not event_ids:
             return []
-        with translate_redis_errors(self.client):
+        with translate_redis_errors(self.client, writes=False):
             raw = self.client.hmget(self.keys.dead_letters, list(event_ids))
         return [DeadLetter.from_json(item) for item in raw if item is not None]
 

@@ -57,6 +57,8 @@ connection, within a 0.2 s backoff)."""
 
 REFUSED_WRITES = (redis.exceptions.OutOfMemoryError, redis.exceptions.ReadOnlyError)
 """Answers with which Redis refuses a script at its first write, so nothing of it is stored."""
+NO_SUCH_DATABASE = "DB index is out of range"
+"""How Redis and Valkey refuse a SELECT of a database number they do not have."""
 REFUSED_ACCESS = (
     redis.exceptions.AuthenticationError,
     redis.exceptions.AuthorizationError,
@@ -218,10 +220,10 @@ class BundleWriter:
 
 
 @contextmanager
-def translate_redis_errors(client: redis.Redis) -> Iterator[None]:
+def translate_redis_errors(client: redis.Redis, *, writes: bool = True) -> Iterator[None]:
     """Turn redis-py's connection and timeout errors, a write Redis refuses (out of memory,
-    read-only replica) and refused credentials or ACL, into QueueUnavailable naming host:port
-    and what may have been stored."""
+    read-only replica) and refused credentials, database or ACL, into QueueUnavailable naming
+    host:port and, for `writes`, what may have been stored."""
     try:
         yield
     except REFUSED_WRITES as exc:
@@ -229,21 +231,44 @@ def translate_redis_errors(client: redis.Redis) -> Iterator[None]:
             f"Redis at {_where(client)} refused the write: {type(exc).__name__} (nothing was "
             "stored)"
         ) from None
-    except REFUSED_ACCESS as exc:
-        raise QueueUnavailable(
-            f"Redis at {_where(client)} refused the relay's access: {type(exc).__name__} (check "
-            "the user and password in RELAY_REDIS_URL and the user's ACL; nothing was stored)"
-        ) from None
-    except redis.TimeoutError as exc:
-        raise QueueUnavailable(
-            f"Redis at {_where(client)} did not answer in time: {type(exc).__name__} (what was "
-            "being written may have been stored)"
-        ) from None
-    except redis.ConnectionError as exc:
-        raise QueueUnavailable(
-            f"Redis at {_where(client)} is unreachable: {type(exc).__name__} (if the connection "
-            "broke after a write was sent, what it was writing may have been stored)"
-        ) from None
+    except redis.RedisError as exc:
+        if refused_access(exc):
+            raise QueueUnavailable(
+                f"Redis at {_where(client)} refused the relay's access: {type(exc).__name__} "
+                f"({database_detail(exc)}check the user, password and database number in "
+                "RELAY_REDIS_URL and the user's ACL" + ("; nothing was stored)" if writes else ")")
+            ) from None
+        if isinstance(exc, redis.TimeoutError):
+            raise QueueUnavailable(
+                f"Redis at {_where(client)} did not answer in time: {type(exc).__name__}"
+                + (" (what was being written may have been stored)" if writes else "")
+            ) from None
+        if isinstance(exc, redis.ConnectionError):
+            raise QueueUnavailable(
+                f"Redis at {_where(client)} is unreachable: {type(exc).__name__}"
+                + (
+                    " (if the connection broke after a write was sent, what it was writing "
+                    "may have been stored)"
+                    if writes
+                    else ""
+                )
+            ) from None
+        raise
+
+
+def refused_access(exc: BaseException) -> bool:
+    """Whether Redis refused the relay's user, password or ACL (REFUSED_ACCESS), or the
+    database number in RELAY_REDIS_URL: redis-py selects it on connecting, before anything
+    runs, and a server without it answers a ResponseError."""
+    return isinstance(exc, REFUSED_ACCESS) or (
+        isinstance(exc, redis.ResponseError) and NO_SUCH_DATABASE in str(exc)
+    )
+
+
+def database_detail(exc: BaseException) -> str:
+    """The server's own words for a database it does not have, ending in '; ' (else empty):
+    they say which part of RELAY_REDIS_URL is wrong, and hold no secret."""
+    return f"{NO_SUCH_DATABASE}; " if NO_SUCH_DATABASE in str(exc) else ""
 
 
 def _where(client: redis.Redis) -> str:

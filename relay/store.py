@@ -101,13 +101,13 @@ class RelayStore:
 
     def dropped(self, limit: int = 20) -> list[DroppedRecord]:
         """The newest drop records, newest first."""
-        with translate_redis_errors(self.client):
+        with translate_redis_errors(self.client, writes=False):
             raw = self.client.lrange(self.keys.dropped_log, 0, limit - 1)
         return [DroppedRecord(**orjson.loads(item)) for item in raw]
 
     def dropped_counts(self) -> dict[str, int]:
         """Drops by reason since the namespace was created."""
-        with translate_redis_errors(self.client):
+        with translate_redis_errors(self.client, writes=False):
             raw = self.client.hgetall(self.keys.dropped_counts)
         return {as_text(key): int(value) for key, value in raw.items()}
 
@@ -122,7 +122,7 @@ class RelayStore:
             write_once(self.client, self.keys, pipe)  # a replayed write counts once
 
     def totals(self) -> dict[str, int]:
-        with translate_redis_errors(self.client):
+        with translate_redis_errors(self.client, writes=False):
             raw = self.client.hgetall(self.keys.totals)
         return {as_text(key): int(value) for key, value in raw.items()}
 
@@ -151,7 +151,7 @@ class RelayStore:
 
     def pending_events(self) -> int:
         """Events enqueued and not yet published, dropped or dead-lettered."""
-        with translate_redis_errors(self.client):
+        with translate_redis_errors(self.client, writes=False):
             return max(0, int(self.client.get(self.keys.pending_events) or 0))
 
     def set_topic_limit(self, topic_arn: str, max_message_bytes: int) -> None:
@@ -163,13 +163,13 @@ class RelayStore:
 
     def topic_limit(self, topic_arn: str) -> int | None:
         """The topic's size limit as workers last recorded it, or None if none did recently."""
-        with translate_redis_errors(self.client):
+        with translate_redis_errors(self.client, writes=False):
             raw = self.client.get(self.keys.topic_limit(topic_arn))
         return int(raw) if raw is not None else None
 
     def oldest_age_s(self, now_s: float | None = None) -> float | None:
         """Age of the bundle at the head of the queue (the next one taken), or None if empty."""
-        with translate_redis_errors(self.client):
+        with translate_redis_errors(self.client, writes=False):
             head = self.client.lindex(self.keys.queue, 0)
             if head is None:
                 return None
@@ -180,18 +180,18 @@ class RelayStore:
         return max(0.0, (now_s if now_s is not None else time.time()) - timestamp_ms / 1000)
 
     def queue_depth_bundles(self) -> int:
-        with translate_redis_errors(self.client):
+        with translate_redis_errors(self.client, writes=False):
             return int(self.client.llen(self.keys.queue))
 
     def dramatiq_dead_bundles(self) -> int:
         """Bundles dramatiq dead-lettered itself (a relay bug, not an SNS rejection)."""
-        with translate_redis_errors(self.client):
+        with translate_redis_errors(self.client, writes=False):
             return int(self.client.zcard(self.keys.dramatiq_dead_letters))
 
     def open_breakers(self) -> dict[str, dict[str, Any]]:
         """Worker processes whose SNS circuit breaker is open or probing, with the reason."""
         prefix = self.keys.breaker("")
-        with translate_redis_errors(self.client):
+        with translate_redis_errors(self.client, writes=False):
             names = list(self.client.scan_iter(match=self.keys.breaker_pattern, count=1000))
             values = self.client.mget(names) if names else []
         return {

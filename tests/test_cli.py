@@ -879,14 +879,17 @@ def test_up_runs_ingest_and_workers_on_an_embedded_valkey(tmp_path: Path) -> Non
         assert not (tmp_path / ".relay" / "redis.url").exists()
 
 
-def up_env(sns_url: str, topic: str, secret: str = "up-test-secret") -> dict[str, str]:
+UP_SECRET = "up-test-secret"
+
+
+def up_env(sns_url: str, topic: str) -> dict[str, str]:
     return relay_env(
         {
             "RELAY_SNS_TOPIC_ARN": topic,
             "RELAY_SNS_ENDPOINT_URL": sns_url,
             "RELAY_SNS_KEY": "x",
             "RELAY_SNS_SECRET": "y",
-            "RELAY_WEBHOOK_SECRET": secret,
+            "RELAY_WEBHOOK_SECRET": UP_SECRET,
             "RELAY_METRICS_PORT": str(free_port()),
         }
     )
@@ -956,7 +959,7 @@ def test_up_stops_when_its_ingest_is_killed(tmp_path: Path) -> None:
             stdout=subprocess.DEVNULL,
             stderr=sink,
         )
-        sender = WebhookSender(f"http://127.0.0.1:{port}", "up-test-secret")
+        sender = WebhookSender(f"http://127.0.0.1:{port}", UP_SECRET)
         try:
 
             def posted() -> bool:

@@ -3,6 +3,7 @@ the foreign-producer protocol proven against a real dramatiq worker on the worke
 
 from __future__ import annotations
 
+import logging
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -11,6 +12,7 @@ from typing import Any
 import dramatiq
 import pytest
 import redis
+from dramatiq.errors import ConnectionClosed
 from hypothesis import given
 from hypothesis import strategies as st
 
@@ -167,6 +169,42 @@ def test_only_the_main_queues_consumer_polls_at_the_idle_poll(
         broker.client.close()
 
 
+@pytest.mark.parametrize(
+    ("settings_update", "cause"),
+    [
+        ({"redis_url_db": 99}, "ResponseError: DB index is out of range"),
+        ({"redis_url_password": "wrong-pw"}, "AuthenticationError: "),
+    ],
+    ids=["missing-database", "wrong-password"],
+)
+def test_a_consumer_refused_by_redis_says_what_to_fix_once_and_closes(
+    guarded_valkey: int,
+    caplog: pytest.LogCaptureFixture,
+    settings_update: dict[str, Any],
+    cause: str,
+) -> None:
+    """A worker whose RELAY_REDIS_URL names a database the server lacks, or a wrong password:
+    its consumer raises ConnectionClosed (dramatiq retries it, no stray traceback) and the
+    process logs once which setting to check, never the password."""
+    db = settings_update.get("redis_url_db", 0)
+    password = settings_update.get("redis_url_password", "right-pw")
+    url = f"redis://:{password}@127.0.0.1:{guarded_valkey}/{db}"
+    broker = make_broker(Settings(redis_url=url))
+    try:
+        consumer = broker.consume(QUEUE_NAME, prefetch=1, timeout=100)
+        with caplog.at_level(logging.ERROR, logger="workers.broker"):
+            for _ in range(2):
+                with pytest.raises(ConnectionClosed):
+                    next(consumer)
+    finally:
+        broker.client.close()
+    said = [record.getMessage() for record in caplog.records if record.name == "workers.broker"]
+    assert len(said) == 1
+    assert f"Redis refused the workers' access ({cause}" in said[0]
+    assert "RELAY_REDIS_URL" in said[0]
+    assert password == "right-pw" or password not in said[0]
+
+
 def test_make_broker_client_has_bounded_timeouts(make_settings: Callable[..., Settings]) -> None:
     """The broker's own client uses the configured connect and read timeouts."""
     settings = make_settings(redis_connect_timeout_s=0.7, redis_timeout_s=1.3)
@@ -319,11 +357,53 @@ def test_refused_credentials_or_acl_are_queue_unavailable_naming_the_configurati
 
     assert str(caught.value) == (
         f"Redis at 127.0.0.1:{guarded_valkey} refused the relay's access: {refusal} (check the "
-        "user and password in RELAY_REDIS_URL and the user's ACL; nothing was stored)"
+        "user, password and database number in RELAY_REDIS_URL and the user's ACL; nothing "
+        "was stored)"
     )
     admin = redis.Redis(port=guarded_valkey, password="right-pw")
     assert admin.keys(f"*{namespace}*") == []
     admin.close()
+
+
+def test_a_database_the_server_does_not_have_is_refused_access_naming_the_url(
+    valkey: Any, namespace: str
+) -> None:
+    """RELAY_REDIS_URL ending /99 on a server of 16 databases: redis-py's SELECT on connect gets
+    a ResponseError. Said as refused access (nothing stored), not a traceback."""
+    client = redis.Redis(port=valkey.port, db=99)
+    with pytest.raises(QueueUnavailable) as caught:
+        BundleWriter(client, Keys(namespace)).write([small(1)])
+    client.close()
+    assert "refused the relay's access: ResponseError (DB index is out of range; check the " in (
+        str(caught.value)
+    )
+    assert str(caught.value).endswith("nothing was stored)")
+
+
+def test_reads_are_not_said_to_have_maybe_stored_anything() -> None:
+    """`relay stats` and `relay dlq list` only read: their errors say nothing about writes."""
+    client = redis.Redis(host="127.0.0.1", port=6999)
+    for failure, said in [
+        (
+            redis.ConnectionError("refused"),
+            "Redis at 127.0.0.1:6999 is unreachable: ConnectionError",
+        ),
+        (
+            redis.TimeoutError("slow"),
+            "Redis at 127.0.0.1:6999 did not answer in time: TimeoutError",
+        ),
+    ]:
+        with (
+            pytest.raises(QueueUnavailable) as caught,
+            translate_redis_errors(client, writes=False),
+        ):
+            raise failure
+        assert str(caught.value) == said
+        with pytest.raises(QueueUnavailable) as caught, translate_redis_errors(client):
+            raise failure
+        assert str(caught.value).startswith(said + " (")
+        assert "may have been stored" in str(caught.value)
+    client.close()
 
 
 def test_translated_error_names_host_port_and_never_the_password() -> None:

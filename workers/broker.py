@@ -25,7 +25,7 @@ from dramatiq.errors import ConnectionClosed, DecodeError
 from dramatiq.middleware import CurrentMessage, Retries, TimeLimit
 
 from relay.keys import QUEUE_NAME, Keys
-from relay.queue import as_text, redis_client
+from relay.queue import as_text, redis_client, refused_access
 from relay.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -58,6 +58,7 @@ class RelayRedisBroker(RedisBroker):
         super().__init__(**kwargs)
         self.keys = Keys(self.namespace)
         self.idle_poll_ms = idle_poll_ms
+        self.access_refusal_said = False
         # queue name -> redis message ids handed to this process's threads and not yet acked,
         # nacked or requeued; anything else in this process's ack set is stranded (L2)
         self.held: dict[str, set[str]] = {}
@@ -112,7 +113,19 @@ class RelayConsumer(_RedisConsumer):
                     self._dead_letter_undecodable(exc.data)
                     continue
                 break
+        except ConnectionClosed as exc:  # dramatiq's fetch wraps redis-py's ConnectionError
+            cause = exc.args[0] if exc.args else None
+            if isinstance(cause, BaseException) and refused_access(cause):
+                self._say_access_refused(cause)
+            raise
         except _REDIS_ERRORS as exc:
+            if refused_access(exc):
+                self._say_access_refused(exc)
+            raise ConnectionClosed(exc) from None
+        except redis.ResponseError as exc:
+            if not refused_access(exc):  # a database it does not have: as refused as a password
+                raise
+            self._say_access_refused(exc)
             raise ConnectionClosed(exc) from None
         if proxy is not None:
             with self.broker.held_lock:
@@ -120,6 +133,19 @@ class RelayConsumer(_RedisConsumer):
                     proxy.options["redis_message_id"]
                 )
         return proxy
+
+    def _say_access_refused(self, exc: BaseException) -> None:
+        """Once per process: dramatiq's own line ("Consumer encountered a connection error"),
+        repeated every few seconds, names neither the cause nor the setting to fix."""
+        if not self.broker.access_refusal_said:
+            self.broker.access_refusal_said = True
+            log.error(
+                "Redis refused the workers' access (%s: %s); check the user, password and "
+                "database number in RELAY_REDIS_URL and the user's ACL. Retrying every few "
+                "seconds.",
+                type(exc).__name__,
+                str(exc)[:200],  # the server's words: they never hold the password
+            )
 
     def ack(self, message: Any) -> None:
         try:

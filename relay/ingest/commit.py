@@ -33,13 +33,14 @@ from relay.ingest.script import ScriptRunner
 from relay.keys import Keys
 from relay.queue import (
     CHECK_AND_WRITE_LUA,
-    REFUSED_ACCESS,
     REFUSED_WRITES,
     TRANSACTION_MAX_BYTES,
     WRITE_DONE_TTL_S,
     BundleWriter,
     CommandRecorder,
     bundles,
+    database_detail,
+    refused_access,
 )
 from relay.store import RelayStore
 
@@ -91,14 +92,15 @@ def unavailable(exc: BaseException) -> QueueUnavailable:
         return QueueUnavailable(
             f"Redis refused the write ({type(exc).__name__}); nothing was stored"
         )
-    if isinstance(exc, REFUSED_ACCESS):
+    if refused_access(exc):
         return QueueUnavailable(
-            f"Redis refused the ingest's access ({type(exc).__name__}); nothing was stored"
+            f"Redis refused the ingest's access ({type(exc).__name__}: {database_detail(exc)}check "
+            "RELAY_REDIS_URL); nothing was stored"
         )
     kind = "timed out" if isinstance(exc, TimeoutError) else type(exc).__name__
     return QueueUnavailable(
-        f"Redis is unavailable ({kind}); the events may have been stored: a retry with the same "
-        "X-Webhook-Id stores them at most once"
+        f"Redis is unavailable ({kind}); if it failed after the write was sent, the events may "
+        "have been stored: a retry with the same X-Webhook-Id stores them at most once"
     )
 
 

@@ -242,7 +242,8 @@ def test_a_refused_redis_password_is_a_503_that_says_so(valkey_restartable: Rest
 
     assert (answer.status_code, answer.headers["retry-after"]) == (503, "1")
     assert answer.json()["error"] == (
-        "Redis refused the ingest's access (AuthenticationError); nothing was stored"
+        "Redis refused the ingest's access (AuthenticationError: check RELAY_REDIS_URL); "
+        "nothing was stored"
     )
     assert "wrong-pw" not in answer.text
 
@@ -265,7 +266,8 @@ def test_a_password_changed_under_a_running_ingest_is_a_503_that_says_so(
 
     assert (answer.status_code, answer.headers["retry-after"]) == (503, "1")
     assert answer.json()["error"] == (
-        "Redis refused the ingest's access (AuthenticationError); nothing was stored"
+        "Redis refused the ingest's access (AuthenticationError: check RELAY_REDIS_URL); "
+        "nothing was stored"
     )
     client = redis.Redis.from_url(valkey_restartable.url, password="new-pw")
     assert [event[0] for event in stored_events(client, settings.namespace)] == ["before"]

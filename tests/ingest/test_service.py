@@ -92,19 +92,26 @@ def test_serve_freezes_what_exists_before_it_starts_serving(
         ),
         (
             TimeoutError(),
-            "Redis is unavailable (timed out); the events may have been stored: a retry with "
-            "the same X-Webhook-Id stores them at most once",
+            "Redis is unavailable (timed out); if it failed after the write was sent, the "
+            "events may have been stored: a retry with the same X-Webhook-Id stores them at "
+            "most once",
         ),
         (
             redis.exceptions.ConnectionError("Connection closed by server."),
-            "Redis is unavailable (ConnectionError); the events may have been stored: a retry "
-            "with the same X-Webhook-Id stores them at most once",
+            "Redis is unavailable (ConnectionError); if it failed after the write was sent, the "
+            "events may have been stored: a retry with the same X-Webhook-Id stores them at "
+            "most once",
+        ),
+        (
+            redis.exceptions.ResponseError("DB index is out of range"),
+            "Redis refused the ingest's access (ResponseError: DB index is out of range; check "
+            "RELAY_REDIS_URL); nothing was stored",
         ),
     ],
 )
 def test_a_503_says_nothing_was_stored_only_when_redis_refused_the_write(
     failure: BaseException, message: str
 ) -> None:
-    """A refused write stored nothing; after a timeout or a broken connection the script may
-    still have run, and the sender is told so."""
+    """A refused write, user or database stored nothing; after a timeout or a broken
+    connection the script may still have run, and the sender is told so."""
     assert str(unavailable(failure)) == message
