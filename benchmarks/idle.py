@@ -16,6 +16,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from dramatiq.worker import WORKER_TIMEOUT
 from rich.console import Console
 from rich.table import Table
 
@@ -24,7 +25,8 @@ from benchmarks.measure import percentile, stop_fleet
 from benchmarks.scenarios import SCENARIOS, Context, relay_env
 from relay.settings import DEFAULT_WORKER_IDLE_POLL_MS
 
-DRAMATIQ_DEFAULT_POLL_MS = 1_000
+DRAMATIQ_DEFAULT_POLL_MS = WORKER_TIMEOUT
+"""dramatiq's worker timeout, which its consumer's idle backoff grows to (1,000 ms)."""
 SETTLE_S = 3.0
 """After the first event, before the idle window opens: the consumers back off to their cap."""
 IDLE_S = 20.0
@@ -73,13 +75,13 @@ def _measure(workdir: Path, poll_ms: int) -> dict[str, Any]:
         valkey.stop()
         sns.stop()
         shutil.rmtree(valkey_dir, ignore_errors=True)
-    workers_s = sum(seconds for pid, seconds in spent.items() if pid != valkey.pid)
+    fleet_s = sum(seconds for pid, seconds in spent.items() if pid != valkey.pid)
     return {
         "idle_cpu_ms_per_s": {
-            "workers": round(workers_s / IDLE_S * 1e3, 2),
+            "fleet": round(fleet_s / IDLE_S * 1e3, 2),
             "valkey": round(spent[valkey.pid] / IDLE_S * 1e3, 2),
         },
-        "worker_processes": len(pids) - 1,
+        "fleet_processes": len(pids) - 1,
         "pickup_ms": {
             "p50": round(percentile(latencies, 0.5) * 1e3, 1),
             "max": round(max(latencies) * 1e3, 1),
@@ -113,21 +115,22 @@ def _publish_one(producer: Any, sns: LocalSns, published: int) -> float:
 def print_report(document: dict[str, Any], console: Console) -> bool:
     """Print the idle results; True if the run failed (it never does once it got here)."""
     grid = Table(title=f"an idle fleet ({PROBES} events sent {PROBE_GAP_S:.0f} s apart)")
-    for column in ("idle poll", "pickup p50 ms", "pickup max ms", "workers CPU ms/s", "Valkey"):
+    for column in ("idle poll", "pickup p50 ms", "pickup max ms", "fleet CPU ms/s", "Valkey"):
         grid.add_column(column, justify="left" if column == "idle poll" else "right")
     for run in document["runs"]:
         grid.add_row(
             f"{run['poll_ms']:,} ms ({run['label']})",
             f"{run['pickup_ms']['p50']:.0f}",
             f"{run['pickup_ms']['max']:.0f}",
-            f"{run['idle_cpu_ms_per_s']['workers']:.1f}",
+            f"{run['idle_cpu_ms_per_s']['fleet']:.1f}",
             f"{run['idle_cpu_ms_per_s']['valkey']:.1f}",
         )
     console.print(grid)
     base, relay = document["runs"]
     console.print(
         f"pickup p50 {base['pickup_ms']['p50'] / max(relay['pickup_ms']['p50'], 0.1):.1f}x "
-        "faster at the relay's poll; CPU ms/s is per second of idle, all worker processes",
+        "faster at the relay's poll; CPU ms/s is per second of idle; the fleet is the supervisor, "
+        "dramatiq's parent and its worker processes",
         highlight=False,
     )
     return False

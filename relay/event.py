@@ -67,7 +67,8 @@ class Event:
             # forge a log line.
             if not limits.is_fifo_id(event_id):
                 raise ValueError(
-                    f"event id is not 1-{limits.SNS_MAX_FIFO_ID_CHARS} printable ASCII characters"
+                    f"event id is not 1-{MAX_EVENT_ID_CHARS} printable ASCII characters "
+                    "without spaces"
                 )
             return cls(event_id, body, attributes, float(received_at_s))
         except (TypeError, ValueError) as exc:

@@ -33,11 +33,9 @@ while the drain lost 5 % (README, Performance)."""
 DEFAULT_WORKER_IDLE_POLL_MS = 100
 """How long an idle worker process waits at most between looks at the queue, and so how late an
 event that ends a quiet spell can be picked up. dramatiq's consumer backs off from 5 ms, doubling,
-to its worker timeout, 1,000 ms: an idle relay took up to 0.6 s to start publishing, and the
-benchmark's latency p99 at half rate (300-570 ms) was mostly its workers waking up. Measured with
-`python -m benchmarks.run --idle` (2 processes of 8 threads, an event a second): pickup p50 296
-and 299 ms, at most 620 and 642, at 1,000 ms; 19 and 42 ms, at most 63 and 81, at 100. The idle
-fleet's CPU: 13.5 against 3.5-4 ms a second, its Valkey's 6 against 2.5-3 (README, Performance)."""
+to its worker timeout, 1,000 ms: an idle relay took up to 0.6 s to start publishing, and that was
+most of the benchmark's latency p99. At 100 ms an idle fleet costs about 10 ms of CPU a second
+more (`python -m benchmarks.run --idle`; figures in benchmarks/README.md)."""
 MIN_WORKER_IDLE_POLL_MS = 10
 MAX_WORKER_IDLE_POLL_MS = 10_000
 _TOPIC_ARN_RE = re.compile(

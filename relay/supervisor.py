@@ -33,6 +33,8 @@ DRAMATIQ_WORKER_DIED = 1
 RESTART_BACKOFF_INITIAL_S = 1.0
 RESTART_BACKOFF_MAX_S = 30.0
 RESTART_POLL_S = 0.1
+"""How often the supervisor looks up while it waits: for a stop asked during a restart's
+backoff, and for `relay up`'s ingest having exited."""
 RESTART_STABLE_RUN_S = 10.0
 """A fleet that ran this long before dying was working: it restarts after the initial backoff.
 One that dies sooner (a crash at every start) waits twice as long each time, up to the max."""
@@ -143,10 +145,10 @@ def run_workers(
     after a backoff, so `relay up`'s ingest and this metrics endpoint keep running. The worker
     processes run at niceness `nice` (0: unchanged).
 
-    `ingest`, `relay up`'s ingest process, gets SIGTERM as soon as this does, so it stops taking
-    events while the workers finish theirs; should it exit unasked, the fleet is stopped and its
-    exit code (1 for 0, 128 + N for signal N) is returned: a relay without its ingest must not
-    look alive.
+    `ingest`, `relay up`'s ingest process, gets SIGTERM as soon as this gets SIGTERM or SIGINT,
+    so it stops taking events while the workers finish theirs; should it exit unasked, the fleet
+    is stopped and its exit code (1 for 0, 128 + N for signal N) is returned: a relay without
+    its ingest must not look alive.
     """
     multiproc_dir = fresh_multiproc_dir()
     server = serve_metrics(settings, multiproc_dir, metrics_port)
@@ -163,10 +165,11 @@ def run_workers(
             stopping = True
         if child is not None and child.poll() is None:
             child.send_signal(signum)
-        # SIGTERM only: a terminal's Ctrl-C reaches the ingest itself, and a second SIGINT
-        # would make uvicorn drop the requests in flight.
-        if signum == signal.SIGTERM and ingest is not None and ingest.poll() is None:
-            ingest.send_signal(signum)
+        # As SIGTERM even for SIGINT: a terminal's Ctrl-C has reached the ingest already, and a
+        # second SIGINT would make uvicorn drop the requests in flight (a SIGTERM after a
+        # SIGINT does not). SIGHUP is dramatiq's reload: the ingest goes on.
+        if signum != signal.SIGHUP and ingest is not None and ingest.poll() is None:
+            ingest.send_signal(signal.SIGTERM)
 
     def ingest_gone() -> bool:
         """True once the ingest has exited unasked; then the fleet is being stopped."""

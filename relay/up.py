@@ -1,5 +1,6 @@
 """`relay up`: the whole relay in one supervisor: ingest, workers, and an embedded durable Valkey
-when RELAY_REDIS_URL is unset. SIGTERM or SIGINT stops all of it; the workers' code is returned.
+when RELAY_REDIS_URL is unset. SIGTERM or SIGINT stops all of it (the ingest first) and the
+workers' code is returned; an ingest that exits unasked stops it all, with the ingest's code.
 """
 
 from __future__ import annotations

@@ -910,6 +910,12 @@ def children(pid: int) -> list[int]:
     return found
 
 
+def descendants(pid: int) -> list[int]:
+    """Every live process under `pid`: children, theirs, and so on."""
+    found = children(pid)
+    return found + [grandchild for child in found for grandchild in descendants(child)]
+
+
 def command_line(pid: int) -> str:
     try:
         return (Path("/proc") / str(pid) / "cmdline").read_bytes().replace(b"\0", b" ").decode()
@@ -971,8 +977,8 @@ def test_up_stops_when_its_ingest_is_killed(tmp_path: Path) -> None:
 
             poll_until(posted, timeout_s=30)
             sns.wait_for_published(1, timeout_s=30)
-            everything = children(process.pid)
-            (ingest,) = [pid for pid in everything if " ingest " in command_line(pid)]
+            everything = descendants(process.pid)
+            (ingest,) = [pid for pid in children(process.pid) if " ingest " in command_line(pid)]
             os.kill(ingest, signal.SIGKILL)
             code = process.wait(timeout=60)
         finally:

@@ -403,6 +403,13 @@ def test_reads_are_not_said_to_have_maybe_stored_anything() -> None:
             raise failure
         assert str(caught.value).startswith(said + " (")
         assert "may have been stored" in str(caught.value)
+    refused = redis.AuthenticationError("invalid username-password pair")
+    with pytest.raises(QueueUnavailable) as caught, translate_redis_errors(client, writes=False):
+        raise refused
+    assert str(caught.value).endswith("in RELAY_REDIS_URL and the user's ACL)")
+    with pytest.raises(QueueUnavailable) as caught, translate_redis_errors(client):
+        raise refused
+    assert str(caught.value).endswith("and the user's ACL; nothing was stored)")
     client.close()
 
 

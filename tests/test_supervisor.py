@@ -3,11 +3,18 @@
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
+import threading
 from pathlib import Path
 
+import pytest
+
+from relay import supervisor
+from relay.settings import Settings
 from relay.supervisor import forget_dead_gauges
+from tests.helpers import poll_until
 
 
 def test_a_dead_processs_gauge_files_are_removed_and_its_counters_kept(tmp_path: Path) -> None:
@@ -30,3 +37,79 @@ def test_a_dead_processs_gauge_files_are_removed_and_its_counters_kept(tmp_path:
         "dead_counter",
         "dead_histogram",
     }
+
+
+# --- relay up's ingest under run_workers -------------------------------------------------------
+
+# Stand-ins started as real processes: dramatiq's parent and the ingest are only ever seen by
+# run_workers through their exit codes and the signals it sends them.
+SLEEPER = "import time; time.sleep(60)"
+TERM_RECORDER = (
+    "import pathlib, signal, sys, time\n"
+    "def stop(signum, frame):\n"
+    "    pathlib.Path(sys.argv[1]).write_text(signal.Signals(signum).name)\n"
+    "    sys.exit(0)\n"
+    "signal.signal(signal.SIGTERM, stop)\n"
+    "signal.signal(signal.SIGINT, stop)\n"
+    "pathlib.Path(sys.argv[1] + '.ready').touch()\n"
+    "time.sleep(60)\n"
+)
+
+
+class _NoMetrics:
+    def shutdown(self) -> None:
+        pass
+
+
+@pytest.fixture
+def fake_fleet(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """run_workers with no metrics server, starting `python -c <code>` for each fleet; the test
+    appends the code of each fleet it wants started, in order."""
+    codes: list[str] = []
+
+    def start(*_args: object) -> subprocess.Popen[bytes]:
+        return subprocess.Popen([sys.executable, "-c", codes.pop(0)])
+
+    monkeypatch.setattr(supervisor, "serve_metrics", lambda *_args: _NoMetrics())
+    monkeypatch.setattr(supervisor, "start_workers", start)
+    return codes
+
+
+def test_an_ingest_exiting_during_a_restarts_backoff_stops_it_with_the_ingests_code(
+    fake_fleet: list[str], settings: Settings
+) -> None:
+    """The fleet died (dramatiq's code 1) and waits its backoff to start again; the ingest
+    exits 5 meanwhile: no new fleet is started and run_workers returns 5."""
+    fake_fleet.append(f"import sys; sys.exit({supervisor.DRAMATIQ_WORKER_DIED})")
+    ingest = subprocess.Popen(
+        [sys.executable, "-c", "import time, sys; time.sleep(0.3); sys.exit(5)"]
+    )
+    try:
+        code = supervisor.run_workers(settings, 1, 1, 0, ingest=ingest)
+    finally:
+        ingest.kill()
+        ingest.wait()
+    assert code == 5
+    assert fake_fleet == []  # the one fleet ran; none was started after it
+
+
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
+def test_a_stop_signal_reaches_the_ingest_as_sigterm_at_once(
+    fake_fleet: list[str], settings: Settings, tmp_path: Path, signum: signal.Signals
+) -> None:
+    """SIGTERM or SIGINT to `relay up` reaches its ingest as SIGTERM right away (not after the
+    workers end), so it stops taking events; run_workers returns the fleet's code."""
+    fake_fleet.append(SLEEPER)
+    said = tmp_path / "ingest-got"
+    ingest = subprocess.Popen([sys.executable, "-c", TERM_RECORDER, str(said)])
+    poll_until((tmp_path / "ingest-got.ready").exists, timeout_s=10)
+    timer = threading.Timer(0.5, os.kill, (os.getpid(), signum))
+    timer.start()
+    try:
+        code = supervisor.run_workers(settings, 1, 1, 0, ingest=ingest)
+    finally:
+        timer.cancel()
+        ingest.kill()
+        ingest.wait()
+    assert said.read_text() == "SIGTERM"
+    assert code == -signum  # the stand-in fleet died of the forwarded signal

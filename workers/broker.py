@@ -127,6 +127,7 @@ class RelayConsumer(_RedisConsumer):
                 raise
             self._say_access_refused(exc)
             raise ConnectionClosed(exc) from None
+        self.broker.access_refusal_said = False  # Redis answered: say it again if it refuses
         if proxy is not None:
             with self.broker.held_lock:
                 self.broker.held.setdefault(self.queue_name, set()).add(

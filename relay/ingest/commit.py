@@ -83,10 +83,10 @@ class Delivery:
 def unavailable(exc: BaseException) -> QueueUnavailable:
     """The error a request sees when Redis failed: the kind of failure, never the URL.
 
-    Redis refusing the script (out of memory, a read-only replica) or the ingest's user or
-    password (RELAY_REDIS_URL) stores nothing. After a timeout or a broken connection the
-    script may still have run: the sender is told so, and that a retry with the same
-    X-Webhook-Id is not stored twice (the script's seen-check).
+    Redis refusing the script (out of memory, a read-only replica) or the ingest's user,
+    password or database (RELAY_REDIS_URL) stores nothing. After a timeout or a broken
+    connection the script may still have run: the sender is told so, and that a retry with the
+    same X-Webhook-Id is not stored twice (the script's seen-check).
     """
     if isinstance(exc, REFUSED_WRITES):
         return QueueUnavailable(

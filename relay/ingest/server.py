@@ -66,9 +66,10 @@ def serve(
         timeout_keep_alive=KEEP_ALIVE_S,
         timeout_graceful_shutdown=GRACEFUL_SHUTDOWN_S,
     )
-    listener = bind(host, port)
-    # uvicorn says where it runs only when it binds the socket itself.
-    log.info("ingest listening on http://%s:%d/events", host, listener.getsockname()[1])
+    listeners = bind(host, port, config.backlog)  # uvicorn's default backlog
+    # uvicorn says where it runs only when it binds the sockets itself.
+    for listener in listeners:
+        log.info("ingest listening on %s/events", _url(listener))
     server = uvicorn.Server(config)
     # uvicorn re-raises the signal that stopped it once it has shut down, which would end the
     # process by SIGTERM (status 143) instead of exit 0; a handler in place absorbs the re-raise.
@@ -81,30 +82,52 @@ def serve(
     # they take under a millisecond.
     gc.freeze()
     try:
-        server.run(sockets=[listener])
+        server.run(sockets=listeners)
     finally:
-        listener.close()
+        for listener in listeners:
+            listener.close()
         for sig, handler in previous.items():
             signal.signal(sig, handler)
     if not server.started:
         raise SystemExit(1)
 
 
-def bind(host: str, port: int) -> socket.socket:
-    """A listening socket on host:port; ConfigError naming the address when it cannot be had.
+def bind(host: str, port: int, backlog: int) -> list[socket.socket]:
+    """Listening sockets on every address `host` names (all interfaces for ''), as uvicorn's
+    own bind would make them; ConfigError naming the address when one cannot be had.
 
     Bound here rather than by uvicorn, which logs the error and exits 3 (the relay's code for
     Redis unreachable) when the port is taken.
     """
+    listeners: list[socket.socket] = []
     try:
-        family, _type, _proto, _name, address = socket.getaddrinfo(
-            host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
-        )[0]
-        return socket.create_server(address, family=family)
-    except OSError as exc:  # in use, an address this host does not have, a name that resolves
+        found = socket.getaddrinfo(
+            host or None, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
+        )
+        for family, kind, proto, _name, address in dict.fromkeys(found):
+            listener = socket.socket(family, kind, proto)
+            listeners.append(listener)
+            listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            if family == socket.AF_INET6:  # as asyncio does: '::' must not take IPv4's port
+                listener.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+            if port == 0 and len(listeners) > 1:  # one port for every address
+                address = (address[0], listeners[0].getsockname()[1], *address[2:])
+            listener.bind(address)
+            listener.listen(backlog)
+    except OSError as exc:  # in use, an address this host does not have, a name that does
+        for listener in listeners:  # not resolve
+            listener.close()
         raise ConfigError(
             f"the ingest cannot listen on {host}:{port} (--host, --port): {exc.strerror or exc}"
         ) from None
+    return listeners
+
+
+def _url(listener: socket.socket) -> str:
+    host, port = listener.getsockname()[:2]
+    return (
+        f"http://[{host}]:{port}" if listener.family == socket.AF_INET6 else f"http://{host}:{port}"
+    )
 
 
 def _absorb(signum: int, frame: FrameType | None) -> None:
