@@ -6,6 +6,7 @@ those events wait in the queue.
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
@@ -13,6 +14,7 @@ from dataclasses import dataclass
 import orjson
 import redis
 
+from relay.errors import InvalidEvent
 from relay.event import Event
 from relay.keys import Keys
 from relay.queue import (
@@ -24,6 +26,8 @@ from relay.queue import (
     translate_redis_errors,
     write_once,
 )
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True, slots=True)
@@ -86,12 +90,25 @@ class DeadLetters:
         return [as_text(item) for item in raw if isinstance(item, bytes | str)]
 
     def get(self, event_ids: Sequence[str]) -> list[DeadLetter]:
-        """The records of `event_ids` that exist, in the order given."""
+        """The records of `event_ids` that exist, in the order given.
+
+        A record that cannot be read (written by other means than the relay) is left out with a
+        warning, so one bad record does not hide the rest; `purge` by its id removes it.
+        """
         if not event_ids:
             return []
         with translate_redis_errors(self.client, writes=False):
             raw = self.client.hmget(self.keys.dead_letters, list(event_ids))
-        return [DeadLetter.from_json(item) for item in raw if item is not None]
+        letters = []
+        for event_id, item in zip(event_ids, raw, strict=True):
+            if item is None:
+                continue
+            try:
+                letters.append(DeadLetter.from_json(item))
+            except (InvalidEvent, orjson.JSONDecodeError, KeyError, TypeError) as exc:
+                # repr: the id comes from Redis, and a newline in it must not forge a log line
+                log.warning("dead letter %r cannot be read, left out: %s", event_id, exc)
+        return letters
 
     def iter(
         self,

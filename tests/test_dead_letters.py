@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import logging
 import time
 from typing import Any
 
 import dramatiq
+import orjson
 import pytest
 import redis
 
@@ -70,6 +72,31 @@ def test_get_keeps_the_order_given_and_skips_missing_ids(dlq: DeadLetters) -> No
     dlq.add([letter("a"), letter("b"), letter("c")])
     assert [dl.event.id for dl in dlq.get(["c", "missing", "a"])] == ["c", "a"]
     assert dlq.get([]) == []
+
+
+def test_an_unreadable_record_is_left_out_with_a_warning_and_can_be_purged(
+    dlq: DeadLetters, redis_client: redis.Redis, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Records written into Redis by other means (an id with a space, a field missing, not
+    JSON) do not stop `relay dlq list` showing the rest; each is named in a warning, its id
+    escaped, and `purge` by id removes it."""
+    dlq.add([letter("a"), letter("b")])
+    good = orjson.loads(letter("x").to_json())
+    forged = {
+        "evt 1\n[error] forged": orjson.dumps({**good, "event": ["evt 1", "{}", {}, 1.0]}),
+        "no-code": orjson.dumps({key: value for key, value in good.items() if key != "code"}),
+        "not-json": b"{",
+    }
+    redis_client.hset(dlq.keys.dead_letters, mapping=forged)
+    redis_client.zadd(dlq.keys.dead_letter_index, {name: 0.0 for name in forged})
+    with caplog.at_level(logging.WARNING, logger="relay.dead_letters"):
+        listed = [dl.event.id for dl in dlq.iter()]
+    assert listed == ["a", "b"]
+    said = [record.getMessage() for record in caplog.records]
+    assert len(said) == 3
+    assert all("cannot be read, left out" in line and "\n" not in line for line in said)
+    assert dlq.purge(list(forged)) == 3
+    assert dlq.depth() == 2
 
 
 def test_depth_counts_letters_and_a_readded_event_once(dlq: DeadLetters) -> None:
