@@ -859,15 +859,7 @@ def test_up_runs_ingest_and_workers_on_an_embedded_valkey(tmp_path: Path) -> Non
         )
         sender = WebhookSender(f"http://127.0.0.1:{port}", secret)
         try:
-
-            def posted() -> bool:
-                try:
-                    return sender.post(b'{"type":"message.new"}', webhook_id="up-1")[0] == 200
-                except OSError:
-                    sender.close()
-                    return False
-
-            poll_until(posted, timeout_s=30)
+            post_when_up(sender, "up-1")
             sns.wait_for_published(1, timeout_s=30)
             assert sns.messages()[0]["body"] == '{"type":"message.new"}'
             assert (tmp_path / ".relay" / "redis.url").exists()
@@ -893,6 +885,19 @@ def up_env(sns_url: str, topic: str) -> dict[str, str]:
             "RELAY_METRICS_PORT": str(free_port()),
         }
     )
+
+
+def post_when_up(sender: Any, webhook_id: str) -> None:
+    """Post one event to `relay up`'s ingest, again until it answers 200 (it may be starting)."""
+
+    def posted() -> bool:
+        try:
+            return bool(sender.post(b'{"type":"message.new"}', webhook_id=webhook_id)[0] == 200)
+        except OSError:
+            sender.close()
+            return False
+
+    poll_until(posted, timeout_s=30)
 
 
 def children(pid: int) -> list[int]:
@@ -967,15 +972,7 @@ def test_up_stops_when_its_ingest_is_killed(tmp_path: Path) -> None:
         )
         sender = WebhookSender(f"http://127.0.0.1:{port}", UP_SECRET)
         try:
-
-            def posted() -> bool:
-                try:
-                    return sender.post(b'{"type":"message.new"}', webhook_id="kill-1")[0] == 200
-                except OSError:
-                    sender.close()
-                    return False
-
-            poll_until(posted, timeout_s=30)
+            post_when_up(sender, "kill-1")
             sns.wait_for_published(1, timeout_s=30)
             everything = descendants(process.pid)
             (ingest,) = [pid for pid in children(process.pid) if " ingest " in command_line(pid)]
