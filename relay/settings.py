@@ -9,6 +9,7 @@ from __future__ import annotations
 import re
 import urllib.parse
 from pathlib import Path
+from typing import Any
 
 from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -173,6 +174,19 @@ class Settings(BaseSettings):
         if value not in ("boto3", "lean"):
             raise ValueError("must be 'boto3' or 'lean'")
         return value
+
+    @model_validator(mode="before")
+    @classmethod
+    def _blank_is_unset(cls, data: Any) -> Any:
+        """A variable of spaces only counts as unset, as an empty one does (env_ignore_empty):
+        a manifest's `VALUE: " "` is as much a slip as `VALUE: ""`."""
+        if isinstance(data, dict):
+            return {
+                name: value
+                for name, value in data.items()
+                if not (isinstance(value, str) and value and value.isspace())
+            }
+        return data
 
     @model_validator(mode="after")
     def _key_pair(self) -> Settings:

@@ -8,7 +8,7 @@ import traceback
 import pytest
 
 from relay.errors import ConfigError
-from relay.settings import Settings
+from relay.settings import DEFAULT_WORKER_IDLE_POLL_MS, Settings
 
 TOPIC_ARN = "arn:aws:sns:eu-west-1:123456789012:stream-events"
 ROLE_ARN = "arn:aws:iam::123456789012:role/relay-publisher"
@@ -208,6 +208,24 @@ def test_an_empty_redis_url_means_unset(env: pytest.MonkeyPatch) -> None:
     """RELAY_REDIS_URL set to "" (as compose files do) means unset, not an invalid URL."""
     env.setenv("RELAY_REDIS_URL", "")
     assert Settings.load().redis_url is None
+
+
+def test_a_variable_of_spaces_only_means_unset_like_an_empty_one(
+    env: pytest.MonkeyPatch,
+) -> None:
+    """ "  " for a number, a URL or an ARN is taken as unset (the default), not as a value to
+    refuse; a value with text in it keeps being checked as before."""
+    env.setenv("RELAY_WORKER_IDLE_POLL_MS", " ")
+    env.setenv("RELAY_REDIS_URL", "  ")
+    env.setenv("RELAY_SNS_TOPIC_ARN", "\t")
+    settings = Settings.load()
+    assert (settings.worker_idle_poll_ms, settings.redis_url, settings.sns_topic_arn) == (
+        DEFAULT_WORKER_IDLE_POLL_MS,
+        None,
+        None,
+    )
+    env.setenv("RELAY_WORKER_IDLE_POLL_MS", " 5 ")
+    assert "RELAY_WORKER_IDLE_POLL_MS" in str(config_error(env))
 
 
 @pytest.mark.parametrize(
