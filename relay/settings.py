@@ -11,7 +11,14 @@ import urllib.parse
 from pathlib import Path
 from typing import Any
 
-from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
+from pydantic import (
+    Field,
+    SecretStr,
+    ValidationError,
+    field_serializer,
+    field_validator,
+    model_validator,
+)
 from pydantic_settings import BaseSettings, SettingsConfigDict
 from redis.connection import parse_url
 
@@ -174,6 +181,17 @@ class Settings(BaseSettings):
         if value not in ("boto3", "lean"):
             raise ValueError("must be 'boto3' or 'lean'")
         return value
+
+    @field_serializer("redis_url")
+    def _without_password(self, url: str | None) -> str | None:
+        """A dump shows where Redis is, never the password in the URL."""
+        if not url:
+            return url
+        parts = urllib.parse.urlsplit(url)
+        if parts.password is None:
+            return url
+        host = parts.netloc.rpartition("@")[2]
+        return urllib.parse.urlunsplit(parts._replace(netloc=f"{parts.username or ''}:***@{host}"))
 
     @model_validator(mode="before")
     @classmethod

@@ -428,15 +428,21 @@ def test_secrets_never_appear_in_the_settings_repr_str_or_dump(env: pytest.Monke
             assert part not in shown
 
 
-def test_a_password_in_the_redis_url_never_appears_in_the_settings_repr(
+def test_a_password_in_the_redis_url_never_appears_in_the_settings_repr_or_dumps(
     env: pytest.MonkeyPatch,
 ) -> None:
-    """A Redis AUTH password inside RELAY_REDIS_URL is a secret too, hidden from repr and str."""
+    """A Redis AUTH password inside RELAY_REDIS_URL is a secret too, hidden from repr, str and
+    dumps."""
     env.setenv("RELAY_REDIS_URL", "rediss://relay:leak-check-redis-pw@redis.internal:6380/0")
     settings = Settings.load()
     assert settings.require_redis_url().endswith("@redis.internal:6380/0")
     assert "leak-check-redis-pw" not in repr(settings)
     assert "leak-check-redis-pw" not in str(settings)
+    # A dump says where Redis is, with the password masked.
+    assert settings.model_dump()["redis_url"] == "rediss://relay:***@redis.internal:6380/0"
+    assert "leak-check-redis-pw" not in settings.model_dump_json()
+    env.setenv("RELAY_REDIS_URL", "redis://redis.internal:6379/2")
+    assert Settings.load().model_dump()["redis_url"] == "redis://redis.internal:6379/2"
 
 
 @pytest.mark.parametrize(
