@@ -50,12 +50,18 @@ class EventTooLarge(RelayError):
 
 
 class QueueUnavailable(RelayError):
-    """Redis was unreachable or too slow to answer; nothing from the failed write was stored.
+    """Redis was unreachable, too slow to answer, or refused the write or the relay's access.
 
-    `report`, when set by `Producer.send_many`, says which events were stored before the failure.
+    `maybe_stored` is True when the failed write may still have been applied (a timeout, or a
+    connection broken after it was sent); else nothing of it was stored. `report`, when set by
+    `Producer.send_many`, says which events were stored before the failure.
     """
 
     report: object = None
+
+    def __init__(self, message: str, *, maybe_stored: bool = False) -> None:
+        super().__init__(message)
+        self.maybe_stored = maybe_stored
 
 
 class PublishError(RelayError):

@@ -10,7 +10,7 @@ import math
 import time
 import uuid
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields, is_dataclass
 from typing import Any
 
 import orjson
@@ -87,7 +87,10 @@ def check_event_id(event_id: str) -> str:
     if not limits.is_fifo_id(event_id):
         raise InvalidEvent(
             f"event id must be 1-{MAX_EVENT_ID_CHARS} printable ASCII characters without spaces",
-            event_id=event_id[:MAX_EVENT_ID_CHARS] if event_id.isprintable() else None,
+            # Named only when it is the id given: a cut or unprintable one would mislead.
+            event_id=event_id
+            if event_id.isprintable() and len(event_id) <= MAX_EVENT_ID_CHARS
+            else None,
         )
     return event_id
 
@@ -151,12 +154,15 @@ def make_event(
 
 
 def _holds_non_finite(value: Any) -> bool:
+    """Whether a NaN or an infinity sits anywhere orjson would serialize (dataclasses too)."""
     if isinstance(value, float):
         return not math.isfinite(value)
     if isinstance(value, Mapping):
         return any(_holds_non_finite(item) for item in value.values())
     if isinstance(value, list | tuple):
         return any(_holds_non_finite(item) for item in value)
+    if is_dataclass(value) and not isinstance(value, type):
+        return any(_holds_non_finite(getattr(value, f.name)) for f in fields(value))
     return False
 
 

@@ -139,6 +139,12 @@ class Producer:
         never stop the rest. Raises QueueUnavailable when Redis fails; the events of transactions
         already written stay enqueued, and the error's `report` says which.
         """
+        if isinstance(payloads, str | bytes | bytearray | memoryview | Mapping):
+            # Iterating one payload would send its characters, bytes or keys as events.
+            raise TypeError(
+                f"send_many takes an iterable of payloads, not one {type(payloads).__name__}: "
+                "use send() for a single event"
+            )
         report = SendReport()
         limit = self.max_message_bytes()
         accepted: list[Event] = []
@@ -186,26 +192,22 @@ class Producer:
         workers' log lines and SNS.
 
         Raises QueueUnavailable; with a `report`, outcomes of events not stored become
-        "unavailable" (detail "queue unavailable") before it propagates.
+        "unavailable" before it propagates: "queue unavailable" for those never sent, and for
+        those of the write that failed when it may still have been applied (exc.maybe_stored),
+        a detail saying so. Drops whose record was not written say that too.
         """
         limit = limit_bytes if limit_bytes is not None else self.max_message_bytes()
         chunks = _transactions(events)
-        stored = 0
+        done = 0
         try:
-            for number, chunk in enumerate(chunks):
-                self._store(chunk, dropped if number == 0 else [], limit)
-                stored += len(chunk)
+            for chunk in chunks:
+                self._store(chunk, dropped if done == 0 else [], limit)
+                done += 1
             if not chunks and dropped:
                 self._drop(dropped, limit)
         except QueueUnavailable as exc:
             if report is not None:
-                unstored = {event.id for event in events[stored:]}
-                report.outcomes[:] = [
-                    Outcome(o.index, o.event_id, "unavailable", "queue unavailable")
-                    if o.event_id in unstored
-                    else o
-                    for o in report.outcomes
-                ]
+                _report_failure(report, chunks, done, dropped, exc)
                 exc.report = report
             raise
 
@@ -221,6 +223,42 @@ class Producer:
 
     def _drop(self, events: Sequence[Event], limit: int) -> None:
         self._store([], events, limit)
+
+
+UNSENT_DETAIL = "queue unavailable"
+MAYBE_STORED_DETAIL = (
+    "queue unavailable; if the write was applied before the connection failed it was stored: "
+    "send it again with its event_id (send(payload, event_id=...)), so a second copy carries "
+    "the same id"
+)
+DROP_NOT_RECORDED = "; not recorded or counted: queue unavailable"
+DROP_MAYBE_RECORDED = "; its record may not have been written: queue unavailable"
+
+
+def _report_failure(
+    report: SendReport,
+    chunks: Sequence[Sequence[Event]],
+    done: int,
+    dropped: Sequence[Event],
+    exc: QueueUnavailable,
+) -> None:
+    """Rewrite the outcomes of a send_many whose write of chunks[done] failed."""
+    failed = chunks[done] if done < len(chunks) else []
+    in_flight = {event.id for event in failed} if exc.maybe_stored else set()
+    unsent = {event.id for chunk in chunks[done:] for event in chunk} - in_flight
+    # The drops ride with the first write: unwritten if it (or the drops-only write) failed.
+    drops_unwritten = {event.id for event in dropped} if done == 0 else set()
+    drop_note = DROP_MAYBE_RECORDED if exc.maybe_stored else DROP_NOT_RECORDED
+    outcomes = []
+    for o in report.outcomes:
+        if o.event_id in in_flight:
+            o = Outcome(o.index, o.event_id, "unavailable", MAYBE_STORED_DETAIL)
+        elif o.event_id in unsent:
+            o = Outcome(o.index, o.event_id, "unavailable", UNSENT_DETAIL)
+        elif o.status == "dropped" and o.event_id in drops_unwritten:
+            o = Outcome(o.index, o.event_id, "dropped", o.detail + drop_note)
+        outcomes.append(o)
+    report.outcomes[:] = outcomes
 
 
 def effective_limit(settings: Settings, topic_limit: int | None) -> int:

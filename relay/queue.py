@@ -241,7 +241,8 @@ def translate_redis_errors(client: redis.Redis, *, writes: bool = True) -> Itera
         if isinstance(exc, redis.TimeoutError):
             raise QueueUnavailable(
                 f"Redis at {_where(client)} did not answer in time: {type(exc).__name__}"
-                + (" (what was being written may have been stored)" if writes else "")
+                + (" (what was being written may have been stored)" if writes else ""),
+                maybe_stored=writes,
             ) from None
         if isinstance(exc, redis.ConnectionError):
             raise QueueUnavailable(
@@ -251,7 +252,14 @@ def translate_redis_errors(client: redis.Redis, *, writes: bool = True) -> Itera
                     "may have been stored)"
                     if writes
                     else ""
-                )
+                ),
+                maybe_stored=writes,
+            ) from None
+        if isinstance(exc, redis.exceptions.InvalidResponse):
+            raise QueueUnavailable(
+                f"Redis at {_where(client)} did not answer as Redis does: {type(exc).__name__} "
+                "(is RELAY_REDIS_URL the address of a Redis?"
+                + ("; nothing was stored)" if writes else ")")
             ) from None
         raise
 

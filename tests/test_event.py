@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import re
+from dataclasses import dataclass
 from typing import Any
 
 import orjson
@@ -185,9 +186,13 @@ def test_generated_event_ids_are_unique_hex() -> None:
     ],
 )
 def test_invalid_event_ids_raise_invalid_event(event_id: str) -> None:
-    """A space, empty, over 128 characters, non-ASCII or control characters: InvalidEvent."""
-    with pytest.raises(InvalidEvent, match="event id"):
+    """A space, empty, over 128 characters, non-ASCII or control characters: InvalidEvent,
+    naming the id only as it was given (never cut to a different, valid one)."""
+    with pytest.raises(InvalidEvent, match="event id") as caught:
         make_event(b"{}", event_id=event_id)
+    assert caught.value.event_id in (event_id, None)
+    if len(event_id) > 128:
+        assert caught.value.event_id is None
 
 
 def test_an_event_id_with_a_trailing_newline_raises_invalid_event() -> None:
@@ -232,6 +237,18 @@ def test_nan_or_an_infinity_in_a_mapping_raises_invalid_event(payload: dict[str,
     """JSON cannot represent them (orjson would write null): refused, not silently changed."""
     with pytest.raises(InvalidEvent, match="NaN or an infinity"):
         make_event(payload)
+
+
+def test_nan_in_a_dataclass_inside_a_mapping_raises_invalid_event() -> None:
+    """orjson serializes dataclasses too, and would write their NaN as null: refused."""
+
+    @dataclass
+    class Point:
+        x: float
+
+    with pytest.raises(InvalidEvent, match="NaN or an infinity"):
+        make_event({"p": Point(float("nan"))})
+    assert make_event({"p": Point(1.5)}).body == '{"p":{"x":1.5}}'
 
 
 def test_null_and_finite_floats_in_a_mapping_are_kept() -> None:

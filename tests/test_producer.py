@@ -512,7 +512,9 @@ def test_send_to_a_closed_port_is_queue_unavailable_naming_host_port_not_passwor
 
 @pytest.mark.timeout(30)
 def test_send_many_to_a_closed_port_reports_every_event_unstored(namespace: str) -> None:
-    """send_many's QueueUnavailable carries a report: valid events marked 'queue unavailable'."""
+    """send_many's QueueUnavailable carries a report: valid events marked unavailable. A
+    connection error cannot tell a write never sent from one applied before the connection
+    broke, so the events of that write are told how to send them again without a new id."""
     with (
         Producer(unreachable_settings(closed_port(), namespace)) as producer,
         pytest.raises(QueueUnavailable) as caught,
@@ -520,13 +522,71 @@ def test_send_many_to_a_closed_port_reports_every_event_unstored(namespace: str)
         producer.send_many([{"type": "a"}, b"bad", {"type": "b"}])
     report = caught.value.report
     assert isinstance(report, producer_module.SendReport)
+    assert caught.value.maybe_stored
     assert [(o.status, o.detail) for o in report.outcomes] == [
-        ("unavailable", "queue unavailable"),
+        ("unavailable", producer_module.MAYBE_STORED_DETAIL),
         ("invalid", report.outcomes[1].detail),
-        ("unavailable", "queue unavailable"),
+        ("unavailable", producer_module.MAYBE_STORED_DETAIL),
     ]
     assert "JSON" in report.outcomes[1].detail
     assert report.enqueued == 0
+
+
+@pytest.mark.parametrize("one", ['{"type": "a"}', b'{"type": "a"}', {"type": "a"}])
+def test_send_many_given_one_payload_raises_type_error_and_sends_nothing(
+    producer: Producer, redis_client: redis.Redis, namespace: str, one: Any
+) -> None:
+    """A str, bytes or mapping handed to send_many is one payload, not many: iterating it would
+    report each character, byte or key as an invalid event."""
+    with pytest.raises(TypeError, match="use send"):
+        producer.send_many(one)
+    assert redis_client.keys(f"{namespace}:*") == []
+
+
+@pytest.mark.timeout(30)
+def test_a_drop_whose_record_was_not_written_says_so(namespace: str) -> None:
+    """Redis down: an oversize event is still refused, but its outcome says its record may not
+    have been written, where it used to read as recorded and counted."""
+    limit = limits.SNS_DEFAULT_MAX_MESSAGE_BYTES
+    with (
+        Producer(unreachable_settings(closed_port(), namespace)) as producer,
+        pytest.raises(QueueUnavailable) as caught,
+    ):
+        producer.send_many([{"type": "a"}, payload_of_size(limit + 1)])
+    report = caught.value.report
+    assert isinstance(report, producer_module.SendReport)
+    assert [(o.status, o.detail) for o in report.outcomes] == [
+        ("unavailable", producer_module.MAYBE_STORED_DETAIL),
+        (
+            "dropped",
+            f"too_large: {limit + 1} > {limit} bytes" + producer_module.DROP_MAYBE_RECORDED,
+        ),
+    ]
+
+
+def test_a_drop_refused_by_redis_says_it_was_not_recorded(
+    producer: Producer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Redis refusing the write (out of memory): nothing of it was stored, and the drop's
+    outcome says it was neither recorded nor counted."""
+    limit = producer.max_message_bytes()
+
+    def refuse(*_args: Any, **_kwargs: Any) -> Any:
+        raise redis.exceptions.OutOfMemoryError("OOM command not allowed")
+
+    monkeypatch.setattr(redis.commands.core.Script, "__call__", refuse)
+    with pytest.raises(QueueUnavailable) as caught:
+        producer.send_many([payload_of_size(limit + 1), {"type": "a"}])
+    report = caught.value.report
+    assert isinstance(report, producer_module.SendReport)
+    assert not caught.value.maybe_stored
+    assert [(o.status, o.detail) for o in report.outcomes] == [
+        (
+            "dropped",
+            f"too_large: {limit + 1} > {limit} bytes" + producer_module.DROP_NOT_RECORDED,
+        ),
+        ("unavailable", producer_module.UNSENT_DETAIL),
+    ]
 
 
 @pytest.mark.timeout(60)
@@ -611,7 +671,10 @@ def test_send_many_failing_in_a_later_transaction_reports_what_was_stored(
     report = caught.value.report
     assert isinstance(report, producer_module.SendReport)
     assert [o.status for o in report.outcomes] == ["enqueued"] * 2 + ["unavailable"] * 4
-    assert {o.detail for o in report.outcomes[2:]} == {"queue unavailable"}
+    # The write that failed may have been applied; the ones after it were never sent.
+    assert [o.detail for o in report.outcomes[2:]] == [producer_module.MAYBE_STORED_DETAIL] * 2 + [
+        producer_module.UNSENT_DETAIL
+    ] * 2
     stored = [event.id for event in queued_events(redis_client, keys)]
     assert stored == [o.event_id for o in report.outcomes[:2]]
     assert store.pending_events() == 2

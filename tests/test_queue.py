@@ -4,6 +4,7 @@ the foreign-producer protocol proven against a real dramatiq worker on the worke
 from __future__ import annotations
 
 import logging
+import socket
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -378,6 +379,35 @@ def test_a_database_the_server_does_not_have_is_refused_access_naming_the_url(
         str(caught.value)
     )
     assert str(caught.value).endswith("nothing was stored)")
+
+
+def test_a_server_that_does_not_speak_redis_is_queue_unavailable_saying_so(
+    namespace: str,
+) -> None:
+    """RELAY_REDIS_URL pointing at an HTTP server: QueueUnavailable asking whether the URL is a
+    Redis, not redis-py's raw InvalidResponse."""
+    with socket.socket() as listener:
+        listener.bind(("127.0.0.1", 0))
+        listener.listen()
+        port = listener.getsockname()[1]
+
+        def answer_http() -> None:
+            connection, _ = listener.accept()
+            with connection:
+                connection.recv(1024)
+                connection.sendall(b"HTTP/1.1 400 Bad Request\r\n\r\n")
+
+        server = threading.Thread(target=answer_http, daemon=True)
+        server.start()
+        client = redis.Redis(host="127.0.0.1", port=port, socket_timeout=2)
+        with pytest.raises(QueueUnavailable) as caught:
+            BundleWriter(client, Keys(namespace)).write([small(1)])
+        client.close()
+        server.join(timeout=5)
+    assert str(caught.value) == (
+        f"Redis at 127.0.0.1:{port} did not answer as Redis does: InvalidResponse (is "
+        "RELAY_REDIS_URL the address of a Redis?; nothing was stored)"
+    )
 
 
 def test_reads_are_not_said_to_have_maybe_stored_anything() -> None:

@@ -100,7 +100,8 @@ def unavailable(exc: BaseException) -> QueueUnavailable:
     kind = "timed out" if isinstance(exc, TimeoutError) else type(exc).__name__
     return QueueUnavailable(
         f"Redis is unavailable ({kind}); if it failed after the write was sent, the events may "
-        "have been stored: a retry with the same X-Webhook-Id stores them at most once"
+        "have been stored: a retry with the same X-Webhook-Id stores them at most once",
+        maybe_stored=True,
     )
 
 
