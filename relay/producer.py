@@ -227,9 +227,9 @@ class Producer:
 
 UNSENT_DETAIL = "queue unavailable"
 MAYBE_STORED_DETAIL = (
-    "queue unavailable; if the write was applied before the connection failed it was stored: "
-    "send it again with its event_id (send(payload, event_id=...)), so a second copy carries "
-    "the same id"
+    "queue unavailable; if Redis applied the write before the timeout or broken connection, "
+    "it was stored: send it again with its event_id (send(payload, event_id=...)), so a second "
+    "copy carries the same id"
 )
 DROP_NOT_RECORDED = "; not recorded or counted: queue unavailable"
 DROP_MAYBE_RECORDED = "; its record may not have been written: queue unavailable"
