@@ -7,7 +7,7 @@ counted and recorded as dropped, and reported to the caller.
 from __future__ import annotations
 
 import time
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -15,7 +15,7 @@ import redis
 
 from relay import limits, metrics
 from relay.errors import EventTooLarge, InvalidEvent, QueueUnavailable
-from relay.event import Event, make_event
+from relay.event import Event, check_event_id, make_event
 from relay.keys import Keys
 from relay.queue import (
     TRANSACTION_MAX_BYTES,
@@ -132,28 +132,45 @@ class Producer:
         self._store([event], [])
         return event.id
 
-    def send_many(self, payloads: Iterable[Payload], *, source: str = "api") -> SendReport:
+    def send_many(
+        self,
+        payloads: Iterable[Payload],
+        *,
+        event_ids: Iterable[str | None] | None = None,
+        source: str = "api",
+    ) -> SendReport:
         """Enqueue many events in bundles and few Redis round trips; report each one's outcome.
 
-        Invalid and oversize payloads are reported (oversize ones also recorded as dropped) and
-        never stop the rest. Raises QueueUnavailable when Redis fails; the events of transactions
-        already written stay enqueued, and the error's `report` says which.
+        `event_ids`, when given, pairs with `payloads` one to one (None: a generated id), so a
+        caller can send again, with their ids, events a failed call may have stored. Invalid and
+        oversize payloads, invalid ids and an id given twice in one call are reported (oversize
+        events also recorded as dropped) and never stop the rest. Raises ValueError, storing
+        nothing, when `event_ids` and `payloads` differ in length; QueueUnavailable when Redis
+        fails: the events of transactions already written stay enqueued, and the error's
+        `report` says which.
         """
-        if isinstance(payloads, str | bytes | bytearray | memoryview | Mapping):
-            # Iterating one payload would send its characters, bytes or keys as events.
-            raise TypeError(
-                f"send_many takes an iterable of payloads, not one {type(payloads).__name__}: "
-                "use send() for a single event"
-            )
+        for name, value in (("payloads", payloads), ("event_ids", event_ids)):
+            if isinstance(value, str | bytes | bytearray | memoryview | Mapping):
+                # Iterating one value would send its characters, bytes or keys as events.
+                raise TypeError(
+                    f"send_many takes an iterable of {name}, not one {type(value).__name__}"
+                    + (": use send() for a single event" if name == "payloads" else "")
+                )
         report = SendReport()
         limit = self.max_message_bytes()
         accepted: list[Event] = []
         accepted_index: list[int] = []
         too_large: list[Event] = []
         invalid = 0
-        for index, payload in enumerate(payloads):
+        given_ids: set[str] = set()
+        for index, (payload, event_id) in enumerate(_paired(payloads, event_ids)):
             try:
-                event = make_event(payload)
+                if event_id is not None:
+                    # One id, one event: the report, and a failure's rewrite of it, go by id.
+                    if check_event_id(event_id) in given_ids:
+                        raise InvalidEvent(f"event id {event_id} is given twice in this call")
+                    given_ids.add(event_id)
+                event = make_event(payload, event_id=event_id)
             except InvalidEvent as exc:
                 invalid += 1
                 report.outcomes.append(Outcome(index, None, "invalid", exc.reason))
@@ -228,9 +245,35 @@ class Producer:
 UNSENT_DETAIL = "queue unavailable"
 MAYBE_STORED_DETAIL = (
     "queue unavailable; if Redis applied the write before the timeout or broken connection, "
-    "it was stored: send it again with its event_id (send(payload, event_id=...)), so a second "
-    "copy carries the same id"
+    "it was stored: send it again with its event_id (send(payload, event_id=...) or "
+    "send_many(payloads, event_ids=...)), so a second copy carries the same id"
 )
+
+
+def _paired(
+    payloads: Iterable[Payload], event_ids: Iterable[str | None] | None
+) -> Iterator[tuple[Payload, str | None]]:
+    """Each payload with its id (None without `event_ids`); ValueError, before the caller has
+    stored anything, when the two run out at different lengths."""
+    if event_ids is None:
+        for payload in payloads:
+            yield payload, None
+        return
+    ids = iter(event_ids)
+    count = 0
+    for payload in payloads:
+        event_id = next(ids, _MISSING)
+        if event_id is _MISSING:
+            raise ValueError(f"send_many got {count} event ids for more payloads; nothing was sent")
+        yield payload, event_id
+        count += 1
+    if next(ids, _MISSING) is not _MISSING:
+        raise ValueError(
+            f"send_many got more event ids than its {count} payloads; nothing was sent"
+        )
+
+
+_MISSING: Any = object()
 DROP_NOT_RECORDED = "; not recorded or counted: queue unavailable"
 DROP_MAYBE_RECORDED = "; its record may not have been written: queue unavailable"
 

@@ -493,6 +493,96 @@ def unreachable_settings(port: int, namespace: str) -> Settings:
     )
 
 
+def test_send_many_stores_and_reports_the_event_ids_given(
+    producer: Producer, redis_client: redis.Redis, keys: Keys
+) -> None:
+    """Each payload gets its id from `event_ids`, a None one a generated id; the report, the
+    stored bundle and each event's `event_id` attribute agree."""
+    payloads = ['{"type":"a"}', {"type": "b"}, b'{"type":"c"}']
+    report = producer.send_many(payloads, event_ids=["wh-1", None, "wh-3"])
+    ids = [o.event_id for o in report.outcomes]
+    assert [o.status for o in report.outcomes] == ["enqueued"] * 3
+    assert ids[0::2] == ["wh-1", "wh-3"]
+    assert len(ids[1] or "") == len(GENERATED_ID)
+    stored = queued_events(redis_client, keys)
+    assert [event.id for event in stored] == ids
+    assert [event.attributes["event_id"] for event in stored] == ids
+
+
+@pytest.mark.parametrize("ids", [["a-1"], ["a-1", "a-2", "a-3"]], ids=["fewer", "more"])
+def test_send_many_with_event_ids_of_another_length_stores_nothing(
+    producer: Producer, redis_client: redis.Redis, namespace: str, ids: list[str]
+) -> None:
+    """Ids that do not pair one to one with the payloads are the caller's mistake: a ValueError
+    before anything is written or counted, not events stored under the wrong ids."""
+    received = sample("relay_events_received_total", {"source": "api"})
+    with pytest.raises(ValueError, match=r"event ids .*nothing was sent"):
+        producer.send_many([{"type": "a"}, {"type": "b"}], event_ids=iter(ids))
+    assert redis_client.keys(f"{namespace}:*") == []
+    assert sample("relay_events_received_total", {"source": "api"}) == received
+
+
+def test_send_many_refuses_a_bad_or_repeated_event_id_and_sends_the_rest(
+    producer: Producer, redis_client: redis.Redis, keys: Keys
+) -> None:
+    """A bad id, or one given twice in a call, makes that event invalid; the others go on."""
+    payloads = [{"type": "a"}, {"type": "b"}, {"type": "c"}, {"type": "d"}, {"type": "e"}]
+    ids: list[Any] = ["ok-1", "has space", "ok-1", 7, "ok-5"]
+    report = producer.send_many(payloads, event_ids=ids)
+    assert [(o.status, o.event_id) for o in report.outcomes] == [
+        ("enqueued", "ok-1"),
+        ("invalid", None),
+        ("invalid", None),
+        ("invalid", None),
+        ("enqueued", "ok-5"),
+    ]
+    details = [o.detail for o in report.outcomes]
+    assert "printable ASCII" in details[1]
+    assert details[2] == "event id ok-1 is given twice in this call"
+    assert "must be a str" in details[3]
+    stored = queued_events(redis_client, keys)
+    assert [(event.id, event.type) for event in stored] == [("ok-1", "a"), ("ok-5", "e")]
+
+
+def test_send_many_given_one_str_as_event_ids_raises_type_error_and_sends_nothing(
+    producer: Producer, redis_client: redis.Redis, namespace: str
+) -> None:
+    with pytest.raises(TypeError, match="iterable of event_ids, not one str"):
+        producer.send_many([{"type": "a"}], event_ids="wh-1")
+    assert redis_client.keys(f"{namespace}:*") == []
+
+
+def test_events_a_failed_send_many_may_have_stored_are_sent_again_under_their_ids(
+    producer: Producer,
+    redis_client: redis.Redis,
+    keys: Keys,
+    store: RelayStore,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The resend the report's detail asks for: the unavailable events, sent again with
+    `event_ids` from the report, are stored under the ids the report gave them."""
+    monkeypatch.setattr(producer_module, "TRANSACTION_MAX_BYTES", 5_000)
+    producer.max_message_bytes()
+    payloads = [payload_of_size(2_000) for _ in range(6)]
+    failing_execute(monkeypatch, succeed_first=1)
+    with pytest.raises(QueueUnavailable) as caught:
+        producer.send_many(payloads)
+    monkeypatch.undo()
+    report = caught.value.report
+    assert isinstance(report, producer_module.SendReport)
+    unsent = [o for o in report.outcomes if o.status == "unavailable"]
+    assert len(unsent) == 4
+    assert "send_many(payloads, event_ids=...)" in producer_module.MAYBE_STORED_DETAIL
+    again = producer.send_many(
+        [payloads[o.index] for o in unsent], event_ids=[o.event_id for o in unsent]
+    )
+    assert again.enqueued == 4
+    assert [o.event_id for o in again.outcomes] == [o.event_id for o in unsent]
+    stored = [event.id for event in queued_events(redis_client, keys)]
+    assert stored == [o.event_id for o in report.outcomes]
+    assert store.pending_events() == 6
+
+
 @pytest.mark.timeout(30)
 def test_send_to_a_closed_port_is_queue_unavailable_naming_host_port_not_password(
     namespace: str,
