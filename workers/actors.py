@@ -6,6 +6,7 @@ process; the broker is configured from the same settings as the producers (FACTS
 
 from __future__ import annotations
 
+import functools
 import os
 import socket
 import threading
@@ -28,8 +29,8 @@ from relay.settings import Settings
 from relay.store import RelayStore
 from workers.breaker import CircuitBreaker, State
 from workers.broker import make_broker
-from workers.publisher import Publisher
-from workers.sns import gateway_for
+from workers.publisher import BundleResult, Publisher
+from workers.sns import gateway_for, renew_gateway
 
 log = structlog.get_logger(__name__)
 
@@ -109,7 +110,11 @@ def publisher() -> Publisher:
         if _publisher is None or _publisher_pid != os.getpid():
             client = redis_client(settings.require_redis_url(), settings)
             _publisher = Publisher(
-                settings, gateway_for(settings), RelayStore(client, keys), DeadLetters(client, keys)
+                settings,
+                gateway_for(settings),
+                RelayStore(client, keys),
+                DeadLetters(client, keys),
+                renew_gateway=functools.partial(renew_gateway, settings),
             )
             _publisher_pid = os.getpid()
         return _publisher
@@ -139,8 +144,9 @@ def publish_bundle(events: list[Any]) -> None:
             BundleWriter(this.store.client, keys).write(list(bundles(pending)))
             log.info("bundle given back to the queue", events=len(pending), reason=breaker.reason)
             break
+        result = BundleResult()
         try:
-            this.publish(pending)
+            this.publish(pending, result)
         except SnsUnavailable as exc:
             breaker.failed(str(exc))
             pending = exc.remaining
@@ -150,9 +156,21 @@ def publish_bundle(events: list[Any]) -> None:
             continue
         except BaseException:
             breaker.release()
+            # Redis failing while recording a drop or a dead letter, say: the retry must not
+            # publish again what this attempt published, nor count it twice.
+            events[:] = [event.to_wire() for event in pending if id(event) not in result.settled]
             raise
-        breaker.succeeded()
+        if result.sns_answered:
+            breaker.succeeded()
+        else:  # every event dropped before a request: no verdict on SNS, open or not
+            breaker.release()
         pending = []
     # Everything the bundle still counts as pending is settled, including events an earlier
     # attempt published before this retry was trimmed to the rest.
-    this.store.settle_all(bundle_id)
+    try:
+        this.store.settle_all(bundle_id)
+    except BaseException:
+        # Every event is settled or back in the queue as a new bundle: dramatiq's retry of this
+        # args list must not send, drop or dead-letter any of them again, only settle.
+        events[:] = []
+        raise

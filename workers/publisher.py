@@ -31,7 +31,14 @@ from relay.event import Event
 from relay.producer import effective_limit
 from relay.settings import Settings
 from relay.store import RelayStore
-from workers.sns import BatchEntry, ErrorKind, SnsGateway, classify_entry_failure, classify_error
+from workers.sns import (
+    BatchEntry,
+    ErrorKind,
+    SnsGateway,
+    classify_entry_failure,
+    classify_error,
+    credentials_refused,
+)
 
 log = logging.getLogger(__name__)
 
@@ -75,6 +82,12 @@ class BundleResult:
     """Each dropped event with the limit it was over, for the bundle's log line."""
     letters: list[DeadLetter] = field(default_factory=list)
     """The bundle's dead letters, for its log lines."""
+    sns_answered: bool = False
+    """SNS answered a request of the bundle (accepting or refusing its content): a verdict the
+    circuit breaker may close on. False when every event was dropped before any request."""
+    settled: set[int] = field(default_factory=set)
+    """`id()` of each event published, dropped (recorded) or dead-lettered (recorded), so a
+    bundle failing halfway is retried with only the rest."""
 
 
 class TopicLimit:
@@ -158,6 +171,7 @@ class Publisher:
         dead_letters: DeadLetters,
         *,
         sleep: Callable[[float], None] = time.sleep,
+        renew_gateway: Callable[[SnsGateway], SnsGateway] | None = None,
     ) -> None:
         self.topic_arn = settings.require_topic_arn()
         self.fifo = self.topic_arn.endswith(".fifo")  # only FIFO topic names end so (FACTS §3.3)
@@ -166,14 +180,18 @@ class Publisher:
         self.dead_letters = dead_letters
         self.limit = TopicLimit(settings, gateway, store)
         self.sleep = sleep
+        self.renew_gateway = renew_gateway
+        """Makes a gateway whose credentials are resolved again, in place of the one given."""
+        self._renew_gateway = False
 
-    def publish(self, events: Sequence[Event]) -> BundleResult:
+    def publish(self, events: Sequence[Event], result: BundleResult | None = None) -> BundleResult:
         """Publish a bundle. Every event ends published, dropped (recorded) or dead-lettered.
 
         Raises SnsUnavailable, carrying the events not yet accepted, when SNS is down or refuses
-        the credentials or the topic; QueueUnavailable when Redis fails while recording.
+        the credentials or the topic; QueueUnavailable when Redis fails while recording, when
+        `result` (given by the caller) says which events were settled before.
         """
-        result = BundleResult()
+        result = result if result is not None else BundleResult()
         limit = self.limit.bytes()
         fitting = [event for event in events if event.size_bytes <= limit]
         too_large = [event for event in events if event.size_bytes > limit]
@@ -227,6 +245,11 @@ class Publisher:
             ) from None
 
     def _attempt(self, remaining: dict[str, Event], result: BundleResult) -> None:
+        if self._renew_gateway and self.renew_gateway is not None:
+            # Made here, for the attempt (the breaker's probe), not when the credentials were
+            # refused: resolved then, they would be the same missing or refused ones.
+            self._renew_gateway = False
+            self.gateway = self.limit.gateway = self.renew_gateway(self.gateway)
         if self.fifo:
             entries = [
                 BatchEntry(id_, event.body, event.attributes, *fifo_ids(event))
@@ -244,6 +267,7 @@ class Publisher:
             self._request_failed(exc, remaining, result)
             return
         metrics.PUBLISH_DURATION.observe(time.perf_counter() - started)
+        result.sns_answered = True
         accepted = [remaining.pop(id_) for id_ in response.successful if id_ in remaining]
         rejected: list[DeadLetter] = []
         now = time.time()
@@ -277,6 +301,9 @@ class Publisher:
             raise _RetryableBatch(code) from exc
         if kind is ErrorKind.SYSTEMIC:
             metrics.PUBLISH_REQUESTS.labels("unavailable").inc()
+            # The default chain is resolved once per client: credentials written or fixed
+            # since are only found by a new one ("picked up without a restart").
+            self._renew_gateway = credentials_refused(exc)
             raise SnsUnavailable(f"SNS refused the request: {code}", list(remaining.values()))
         if kind is ErrorKind.RELAY_BUG and code not in SPLITTABLE_CODES:
             # Not SNS's verdict on these events: never dead-letter them for it. dramatiq's bug
@@ -284,6 +311,7 @@ class Publisher:
             metrics.PUBLISH_REQUESTS.labels("error").inc()
             raise exc
         # SNS rejected the whole request for its content: find the culprit by sending alone.
+        result.sns_answered = True
         metrics.PUBLISH_REQUESTS.labels("rejected").inc()
         if len(remaining) == 1 and code == TOO_LARGE_CODE:
             # One event over a limit we believed it fit: the topic's limit shrank. A size drop
@@ -312,6 +340,7 @@ class Publisher:
         metrics.EVENTS_DROPPED.labels("too_large").inc(len(events))
         result.dropped += len(events)
         result.drops.extend((event, limit) for event in events)
+        result.settled.update(map(id, events))
 
     def _settled(
         self, accepted: Sequence[Event], rejected: Sequence[DeadLetter], result: BundleResult
@@ -324,12 +353,14 @@ class Publisher:
                 metrics.EVENT_DELIVERY.observe(delivery)
                 result.delivery_s.append(delivery)
             result.published += len(accepted)
+            result.settled.update(map(id, accepted))
         if rejected:
             self.dead_letters.add(rejected)
             for letter in rejected:
                 metrics.EVENTS_DEAD_LETTERED.labels(letter.code).inc()
             result.dead_lettered += len(rejected)
             result.letters.extend(rejected)
+            result.settled.update(id(letter.event) for letter in rejected)
 
 
 DEAD_LETTER_LOG_CHARS = 200

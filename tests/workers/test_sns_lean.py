@@ -47,13 +47,17 @@ from moto.core.authorization import enable_iam_authentication
 from moto.sts.models import sts_backends
 
 from relay import demo_events
+from relay.dead_letters import DeadLetters
+from relay.errors import SnsUnavailable
 from relay.event import make_event
+from relay.keys import Keys
 from relay.local_sns import LocalSnsServer
 from relay.settings import Settings
+from relay.store import RelayStore
 from tests.helpers import MotoAws, moto_server
 from tests.workers.test_sns import ERROR_TABLE, error_body
 from workers import sns, sns_lean
-from workers.publisher import error_code
+from workers.publisher import Publisher, error_code
 from workers.sns import (
     MISSING_FROM_RESPONSE,
     BatchEntry,
@@ -329,6 +333,46 @@ def local_sns(local_server: LocalSnsServer) -> LocalSnsServer:
     """The module's local SNS, emptied and without a fault."""
     local_server.reset(topics=True)
     return local_server
+
+
+@pytest.mark.parametrize("client", ["lean", "boto3"])
+def test_credentials_put_in_place_after_the_worker_started_are_used_without_a_restart(
+    local_sns: LocalSnsServer,
+    redis_client: Any,
+    namespace: str,
+    tmp_path: Any,
+    client: str,
+) -> None:
+    """No credentials anywhere when the worker made its gateway (the default chain, resolved
+    then): once a credentials file is written, the next attempt, the breaker's probe, resolves
+    the chain again and publishes."""
+    topic_arn = local_sns.create_topic("relay-events")
+    settings = make_settings(
+        sns_client=client,
+        sns_topic_arn=topic_arn,
+        sns_endpoint_url=local_sns.url,
+        sns_key=None,
+        sns_secret=None,
+    )
+    keys = Keys(namespace)
+    publisher = Publisher(
+        settings,
+        sns.gateway_for(settings),
+        RelayStore(redis_client, keys),
+        DeadLetters(redis_client, keys),
+        sleep=lambda _s: None,
+        renew_gateway=functools.partial(sns.renew_gateway, settings),
+    )
+    event = make_event(b'{"type":"message.new"}', event_id="e1")
+    with pytest.raises(SnsUnavailable, match="NoCredentialsError"):
+        publisher.publish([event])
+    (tmp_path / "missing-credentials").write_text(
+        "[default]\naws_access_key_id = AKIDLATER\naws_secret_access_key = written-later\n"
+    )
+    assert publisher.publish([event]).published == 1
+    assert [
+        m["attributes"]["event_id"]["StringValue"] for m in local_sns.messages(topic_arn=topic_arn)
+    ] == ["e1"]
 
 
 def stream_entries(count: int = 10) -> list[BatchEntry]:
