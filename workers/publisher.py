@@ -38,6 +38,7 @@ from workers.sns import (
     classify_entry_failure,
     classify_error,
     credentials_refused,
+    throttled,
 )
 
 log = logging.getLogger(__name__)
@@ -297,7 +298,7 @@ class Publisher:
         kind = classify_error(exc)
         code = error_code(exc)
         if kind is ErrorKind.TRANSIENT:
-            metrics.PUBLISH_REQUESTS.labels("throttled" if "hrottl" in code else "error").inc()
+            metrics.PUBLISH_REQUESTS.labels("throttled" if throttled(exc) else "error").inc()
             raise _RetryableBatch(code) from exc
         if kind is ErrorKind.SYSTEMIC:
             metrics.PUBLISH_REQUESTS.labels("unavailable").inc()
@@ -319,7 +320,9 @@ class Publisher:
             (event,) = remaining.values()
             remaining.clear()
             self.limit.invalidate()
-            self._drop([event], self.limit.last_bytes(), result)
+            # Recorded with the limit as SNS now reports it (the old one would show the event
+            # fitting); the next bundles are checked against it too.
+            self._drop([event], self.limit.bytes(), result)
             return
         if len(remaining) == 1:
             (event,) = remaining.values()

@@ -170,6 +170,20 @@ _CREDENTIAL_CODES = frozenset(
 """SNS refusing the credentials themselves (not their permissions): new ones may mend it."""
 
 
+_THROTTLING_CODES = frozenset({"TooManyRequestsException", "RequestLimitExceeded"})
+"""Throttling answers whose code does not say "throttl"."""
+
+
+def throttled(exc: BaseException) -> bool:
+    """Whether SNS (or AWS in front of it) refused the request for its rate: a 429, or a
+    throttling code. Counted apart, as the fix (a higher quota) differs from an error's."""
+    if not isinstance(exc, ClientError):
+        return False
+    code = str(exc.response.get("Error", {}).get("Code", ""))
+    status = int(exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode", 0) or 0)
+    return status == 429 or "hrottl" in code or code in _THROTTLING_CODES
+
+
 def credentials_refused(exc: BaseException) -> bool:
     """Whether `exc` says the credentials are missing or refused, so that credentials resolved
     again (a credentials file written or fixed since, instance metadata answering now) may

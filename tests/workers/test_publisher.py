@@ -561,6 +561,28 @@ def test_throttling_and_connection_errors_are_counted_by_outcome(
     assert metrics.delta("relay_publish_requests_total", outcome="ok") == 1
 
 
+@pytest.mark.parametrize(
+    "error",
+    [
+        client_error("TooManyRequestsException", 400),
+        client_error("RequestLimitExceeded", 400),
+        client_error("KMSThrottling", 400),
+        client_error("429", 429),  # a bare 429 from something in front of SNS, no XML body
+    ],
+    ids=["TooManyRequestsException", "RequestLimitExceeded", "KMSThrottling", "bare 429"],
+)
+def test_every_throttling_answer_counts_as_throttled(
+    rig_for: Callable[..., Rig], error: ClientError
+) -> None:
+    """The dashboard's throttled share is the one a higher quota fixes: all of it, not only
+    codes that say "Throttling"; a 500 stays an error."""
+    rig = rig_for(error, client_error("InternalError", 500))
+    metrics = watch_all()
+    assert rig.publisher.publish(events(1)).published == 1
+    assert metrics.delta("relay_publish_requests_total", outcome="throttled") == 1
+    assert metrics.delta("relay_publish_requests_total", outcome="error") == 1
+
+
 @pytest.mark.parametrize(("jitter", "label"), [("low", "no jitter"), ("high", "full jitter")])
 def test_backoff_grows_and_stays_bounded(
     rig_for: Callable[..., Rig], monkeypatch: pytest.MonkeyPatch, jitter: str, label: str
@@ -1006,6 +1028,31 @@ def test_a_redis_failure_recording_a_dead_letter_retries_only_what_is_not_settle
     assert metrics.delta("relay_events_dead_lettered_total", reason="InvalidParameter") == 1
     assert setup.rig.dead_letters.ids() == ["e3"]
     assert setup.rig.store.pending_events() == 0
+
+
+def test_an_event_sns_finds_too_long_alone_is_dropped_under_the_limit_read_again(
+    rig_for: Callable[..., Rig],
+) -> None:
+    """The topic's limit shrank since it was read: SNS answers BatchRequestTooLong for an event
+    alone. It is dropped (recorded, counted, not dead-lettered) with the limit SNS reports now,
+    and the next bundle is checked against that limit before any request."""
+    rig = rig_for()
+
+    def shrink_then_refuse(entries: list[BatchEntry]) -> BatchResult:
+        rig.gateway.limit = 4_000
+        raise client_error("BatchRequestTooLong", 400, "Batch requests cannot be longer")
+
+    rig.gateway.script.append(shrink_then_refuse)
+    metrics = watch_all()
+    result = rig.publisher.publish([sized("big", 5_000)])
+    assert (result.published, result.dropped, result.dead_lettered) == (0, 1, 0)
+    (record,) = rig.store.dropped()
+    assert (record.event_id, record.size_bytes, record.limit_bytes) == ("big", 5_000, 4_000)
+    assert metrics.delta("relay_events_dropped_total", reason="too_large") == 1
+    assert rig.dead_letters.depth() == 0
+    calls = len(rig.gateway.calls)
+    assert rig.publisher.publish([sized("big2", 4_001)]).dropped == 1
+    assert len(rig.gateway.calls) == calls
 
 
 def test_refused_credentials_make_a_new_gateway_for_the_next_attempt(
