@@ -21,7 +21,7 @@ from dramatiq.middleware import CurrentMessage, Middleware
 
 from relay import logs
 from relay.dead_letters import DeadLetters
-from relay.errors import SnsUnavailable
+from relay.errors import QueueUnavailable, SnsUnavailable
 from relay.event import Event
 from relay.keys import ACTOR_NAME, QUEUE_NAME, Keys
 from relay.queue import BundleWriter, bundles, redis_client
@@ -36,7 +36,8 @@ log = structlog.get_logger(__name__)
 
 BUG_MAX_RETRIES = 3
 """dramatiq's retries are a last resort for bugs (a bundle that cannot be decoded, a crash):
-three, then dramatiq's own dead letters. SNS outages never reach them: the breaker holds."""
+three, then dramatiq's own dead letters. SNS outages never reach them (the breaker holds), nor
+do Redis failures (retried until Redis answers: see _retry_when)."""
 
 RETRY_MIN_BACKOFF_MS = 1_000
 RETRY_MAX_BACKOFF_MS = 60_000
@@ -121,7 +122,10 @@ def publisher() -> Publisher:
 
 
 def _retry_when(retries: int, exception: BaseException) -> bool:
-    return retries < BUG_MAX_RETRIES
+    """Redis failing is no bug: such a bundle is retried for as long as it takes (backing off to
+    RETRY_MAX_BACKOFF_MS), never parked in dramatiq's dead letters, which `relay dlq` cannot
+    replay. Anything else is retried BUG_MAX_RETRIES times."""
+    return isinstance(exception, QueueUnavailable) or retries < BUG_MAX_RETRIES
 
 
 @dramatiq.actor(

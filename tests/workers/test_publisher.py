@@ -1089,6 +1089,35 @@ def test_other_systemic_refusals_keep_the_gateway(
     assert renewed == []
 
 
+@pytest.mark.parametrize(
+    ("exception", "retries", "retried"),
+    [
+        (QueueUnavailable("Redis at 127.0.0.1:1 is unreachable: ConnectionError"), 9, True),
+        (ValueError("a bug"), 2, True),
+        (ValueError("a bug"), 3, False),
+    ],
+    ids=["redis failing: always", "a bug: 3 times", "a bug: then dead"],
+)
+def test_a_bundle_failing_on_redis_is_retried_however_often_and_a_bug_three_times(
+    actor_rig: Callable[..., ActorRig],
+    redis_client: redis.Redis,
+    keys: Keys,
+    exception: Exception,
+    retries: int,
+    retried: bool,
+) -> None:
+    """Only bugs end in dramatiq's dead letters (which `relay dlq` cannot replay): a bundle
+    Redis kept failing is retried again, however many times it was before."""
+    setup = actor_rig(1)
+    message = dramatiq.broker.MessageProxy(setup.module.CurrentMessage.get_current_message())
+    message.options["retries"] = retries
+    middleware = setup.module.broker.middleware
+    relay_retries = next(m for m in middleware if type(m).__name__ == "RelayRetries")
+    relay_retries.after_process_message(setup.module.broker, message, exception=exception)
+    assert len(redis_client.hvals(keys.delay_queue_messages)) == (1 if retried else 0)
+    assert message.failed is not retried
+
+
 def test_a_probe_that_sends_nothing_leaves_the_breaker_open(
     actor_rig: Callable[..., ActorRig],
     redis_client: redis.Redis,
