@@ -445,7 +445,11 @@ class SnsGateway:
             if "Id" in ok and "MessageId" in ok:
                 successful[ok["Id"]] = ok["MessageId"]
         failed = {
-            bad["Id"]: EntryFailure(bad["Code"], bad.get("Message", ""), bad["SenderFault"])
+            # Code and SenderFault are required by SNS's model; an answer without one is read as
+            # the lean client reads it: no code, and not the sender's fault (so retried).
+            bad["Id"]: EntryFailure(
+                bad.get("Code", ""), bad.get("Message", ""), bad.get("SenderFault", False)
+            )
             for bad in response.get("Failed", [])
             if bad["Id"] not in successful
         }

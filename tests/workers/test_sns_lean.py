@@ -665,6 +665,30 @@ def test_entries_missing_from_the_answer_are_failed_transient(canned: CannedSns)
     assert result.failed["c"].kind is ErrorKind.TRANSIENT
 
 
+@pytest.mark.parametrize(
+    "member",
+    [b"<Code>InvalidParameter</Code>", b"<SenderFault>true</SenderFault>"],
+    ids=["no SenderFault", "no Code"],
+)
+def test_a_failed_entry_missing_a_field_reads_the_same_in_both_clients(
+    canned: CannedSns, member: bytes
+) -> None:
+    """SNS's model requires Code and SenderFault; should an answer lack one, both clients read
+    the entry alike (boto3's used to raise KeyError, a relay bug to dramatiq)."""
+    canned.body = (
+        b'<PublishBatchResponse xmlns="http://sns.amazonaws.com/doc/2010-03-31/">'
+        b"<PublishBatchResult><Successful/><Failed><member><Id>a</Id>"
+        + member
+        + b"</member></Failed></PublishBatchResult></PublishBatchResponse>"
+    )
+    entries = [BatchEntry("a", "{}", {})]
+    boto, lean = both_gateways(sns_endpoint_url=canned.url)
+    result = lean.publish_batch(TOPIC_ARN, entries)
+    assert boto.publish_batch(TOPIC_ARN, entries) == result
+    assert result.successful == {}
+    assert set(result.failed) == {"a"}
+
+
 def test_request_is_signed_like_botocores(canned: CannedSns) -> None:
     """Both paths send the same body, content type, host and SigV4 scope and signed headers."""
     canned.body = EMPTY_RESULT.encode()
