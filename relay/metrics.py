@@ -7,7 +7,7 @@ scrape time by QueueCollector, so every scraper sees the same fleet-wide figures
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
@@ -89,11 +89,27 @@ class QueueCollector(Collector):
         )
 
 
-def multiprocess_registry(path: str) -> CollectorRegistry:
-    """A registry summing the metrics of every process writing to the multiprocess dir `path`."""
+class _BeforeCollect(Collector):
+    """Runs `hook` as a scrape starts, ahead of the collectors registered after it."""
+
+    def __init__(self, hook: Callable[[], None]) -> None:
+        self._hook = hook
+
+    def collect(self) -> Iterator[GaugeMetricFamily]:
+        self._hook()
+        return iter(())
+
+
+def multiprocess_registry(
+    path: str, *, before_collect: Callable[[], None] | None = None
+) -> CollectorRegistry:
+    """A registry summing the metrics of every process writing to the multiprocess dir `path`;
+    `before_collect` runs at each scrape before the files are read."""
     from prometheus_client import multiprocess
 
     registry = CollectorRegistry()
+    if before_collect is not None:
+        registry.register(_BeforeCollect(before_collect))
     multiprocess.MultiProcessCollector(registry, path=path)  # type: ignore[no-untyped-call]
     return registry
 

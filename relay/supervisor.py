@@ -95,7 +95,11 @@ def serve_metrics(settings: Settings, multiproc_dir: Path, port: int) -> Any:
     from relay.metrics import QueueCollector, multiprocess_registry
     from relay.store import RelayStore
 
-    registry = multiprocess_registry(str(multiproc_dir))
+    # Pruned at each scrape, not only when a fleet restarts: dramatiq's reload (SIGHUP) replaces
+    # the worker processes while the fleet runs, and an open circuit would outlive its process.
+    registry = multiprocess_registry(
+        str(multiproc_dir), before_collect=lambda: forget_dead_gauges(multiproc_dir)
+    )
     store = RelayStore(
         redis_client(settings.require_redis_url(), settings), Keys(settings.namespace)
     )

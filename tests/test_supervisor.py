@@ -7,6 +7,7 @@ import signal
 import subprocess
 import sys
 import threading
+import urllib.request
 from pathlib import Path
 
 import pytest
@@ -37,6 +38,48 @@ def test_a_dead_processs_gauge_files_are_removed_and_its_counters_kept(tmp_path:
         "dead_counter",
         "dead_histogram",
     }
+
+
+OPEN_CIRCUIT_PROCESS = (
+    "import sys\n"
+    "from relay import metrics\n"
+    "metrics.SNS_CIRCUIT_OPEN.set(1)\n"
+    "print('open', flush=True)\n"
+    "sys.stdin.read()\n"  # holds its gauge until the test closes stdin
+)
+
+
+def test_a_scrape_forgets_the_open_circuit_of_a_process_gone_while_the_fleet_runs(
+    tmp_path: Path, settings: Settings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """dramatiq's reload (SIGHUP) replaces worker processes without a fleet restart: the next
+    scrape of the workers' /metrics no longer reports the circuit a replaced process had open,
+    while a live process's open circuit shows."""
+    monkeypatch.setenv("PROMETHEUS_MULTIPROC_DIR", str(tmp_path))  # serve_metrics sets it too
+    worker = subprocess.Popen(
+        [sys.executable, "-c", OPEN_CIRCUIT_PROCESS],
+        env={**os.environ, "PROMETHEUS_MULTIPROC_DIR": str(tmp_path)},
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    assert worker.stdout is not None
+    assert worker.stdout.readline() == "open\n"
+    server = supervisor.serve_metrics(settings, tmp_path, 0)
+    url = f"http://127.0.0.1:{server.server_port}/metrics"
+
+    def circuit_open() -> str:
+        with urllib.request.urlopen(url, timeout=10) as answer:
+            lines = answer.read().decode().splitlines()
+        return next((line for line in lines if line.startswith("relay_sns_circuit_open ")), "")
+
+    try:
+        assert circuit_open() == "relay_sns_circuit_open 1.0"
+        worker.communicate("", timeout=30)
+        assert circuit_open() == ""
+    finally:
+        server.shutdown()
+        server.server_close()
 
 
 # --- relay up's ingest under run_workers -------------------------------------------------------
