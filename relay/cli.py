@@ -9,6 +9,7 @@ from __future__ import annotations
 import dataclasses
 import importlib
 import json
+import math
 import sys
 import time
 from collections.abc import Callable, Iterator
@@ -260,11 +261,12 @@ def _parse_age(text: str | None) -> float | None:
         return None
     units = {"s": 1, "m": 60, "h": 3600, "d": 86400}
     try:
-        if text[-1] in units:
-            return float(text[:-1]) * units[text[-1]]
-        return float(text)
+        age_s = float(text[:-1]) * units[text[-1]] if text[-1] in units else float(text)
     except (ValueError, IndexError):
-        raise click.BadParameter(f"{text!r} is not an age like 90s, 15m, 2h or 7d") from None
+        age_s = math.nan
+    if not (math.isfinite(age_s) and age_s >= 0):  # nan, inf and negative ages mean nothing here
+        raise click.BadParameter(f"{text!r} is not an age like 90s, 15m, 2h or 7d")
+    return age_s
 
 
 @main.group()
@@ -384,7 +386,7 @@ def dlq_replay(
     if replay_all:
         letters = list(store.iter(event_type=event_type, older_than_s=_parse_age(older_than)))
     else:
-        letters = store.get(list(event_ids))
+        letters = store.get(list(dict.fromkeys(event_ids)))  # an id given twice is one event
         missing = set(event_ids) - {dl.event.id for dl in letters}
         if missing:
             fail(f"no dead letter with id {', '.join(sorted(missing))}", EXIT_PROBLEM)
@@ -422,7 +424,8 @@ def dlq_purge(event_ids: tuple[str, ...], purge_all: bool, yes: bool) -> None:
         fail("give event ids, or --all", EXIT_USAGE)
     store = _dead_letters(settings_or_exit())
     if not purge_all:
-        missing = set(event_ids) - {dl.event.id for dl in store.get(list(event_ids))}
+        # Not through `get`: a record it cannot read is one purge must still find.
+        missing = set(event_ids) - store.existing(list(event_ids))
         if missing:
             fail(f"no dead letter with id {', '.join(sorted(missing))}", EXIT_PROBLEM)
     if purge_all and not yes:

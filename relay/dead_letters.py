@@ -110,6 +110,22 @@ class DeadLetters:
                 log.warning("dead letter %r cannot be read, left out: %s", event_id, exc)
         return letters
 
+    def existing(self, event_ids: Sequence[str]) -> set[str]:
+        """Those of `event_ids` that have a record or an index entry, readable or not."""
+        if not event_ids:
+            return set()
+        pipe = self.client.pipeline(transaction=False)
+        for event_id in event_ids:
+            pipe.hexists(self.keys.dead_letters, event_id)
+            pipe.zscore(self.keys.dead_letter_index, event_id)
+        with translate_redis_errors(self.client, writes=False):
+            found = pipe.execute()
+        return {
+            event_id
+            for event_id, in_hash, score in zip(event_ids, found[::2], found[1::2], strict=True)
+            if in_hash or score is not None
+        }
+
     def iter(
         self,
         *,

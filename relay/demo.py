@@ -31,7 +31,7 @@ from rich.table import Table
 from relay import demo_events
 from relay.embedded import start_valkey, stop_valkey
 from relay.ingest.client import WebhookSender
-from relay.keys import Keys
+from relay.keys import Keys, glob_escape
 from relay.local_sns import LocalSnsServer
 from relay.settings import Settings
 from relay.store import RelayStore
@@ -258,7 +258,7 @@ def _forget_namespace(url: str, namespace: str) -> None:
     """The demo's keys are its own; clear them so reruns don't grow the AOF."""
     client = redis.Redis.from_url(url)
     try:
-        keys = list(client.scan_iter(match=f"{namespace}:*", count=1000))
+        keys = list(client.scan_iter(match=f"{glob_escape(namespace)}:*", count=1000))
         if keys:
             client.delete(*keys)
     except redis.RedisError:

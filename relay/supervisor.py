@@ -118,7 +118,12 @@ def start_workers(
     settings: Settings, processes: int, threads: int, multiproc_dir: Path
 ) -> subprocess.Popen[bytes]:
     return subprocess.Popen(
-        worker_command(processes, threads), env=worker_env(settings, multiproc_dir)
+        worker_command(processes, threads),
+        env=worker_env(settings, multiproc_dir),
+        # A process group of its own: a terminal's Ctrl-C reaches only the supervisor, which
+        # forwards it once. dramatiq turns each SIGINT into a SIGTERM to its workers, and a
+        # worker's second SIGTERM kills it in the middle of its bundles.
+        process_group=0,
     )
 
 

@@ -337,6 +337,23 @@ def test_stats_with_an_empty_namespace_shows_zeros(env: dict[str, str]) -> None:
     assert figures["recent_drops"] == []
 
 
+@pytest.mark.parametrize("namespace", ["relay[eu]", "relay?", "relay*"])
+def test_stats_shows_an_open_breaker_whatever_characters_the_namespace_holds(
+    env: dict[str, str], namespace: str
+) -> None:
+    """RELAY_NAMESPACE is free text: its glob characters must not hide (or borrow) breakers."""
+    client = redis.Redis.from_url(env["RELAY_REDIS_URL"])
+    client.set(Keys(namespace).breaker("host-1"), b'{"state":"open"}', ex=60)
+    client.set(Keys(namespace + "x").breaker("host-2"), b'{"state":"open"}', ex=60)
+    try:
+        result = run(["stats", "--json"], {**env, "RELAY_NAMESPACE": namespace})
+    finally:
+        client.delete(Keys(namespace).breaker("host-1"), Keys(namespace + "x").breaker("host-2"))
+        client.close()
+    assert result.exit_code == EXIT_OK, result.output
+    assert list(json.loads(result.stdout)["open_breakers"]) == ["host-1"]
+
+
 def test_stats_with_redis_down_exits_3(env: dict[str, str]) -> None:
     result = run(["stats"], env | {"RELAY_REDIS_URL": closed_redis_url()})
     assert result.exit_code == EXIT_REDIS_DOWN, result.output
@@ -469,11 +486,12 @@ def test_dlq_list_table_shows_whole_generated_ids_at_80_columns(
     assert first_column(result.output, "event id") == event.id
 
 
-def test_dlq_list_rejects_a_malformed_age(env: dict[str, str]) -> None:
-    """A bad --older-than is a usage error naming the value."""
-    result = run(["dlq", "list", "--older-than", "soon"], env)
+@pytest.mark.parametrize("age", ["soon", "nan", "infh", "-5m", "m"])
+def test_dlq_list_rejects_a_malformed_age(env: dict[str, str], age: str) -> None:
+    """A bad --older-than (not a number, not finite, negative) is a usage error naming it."""
+    result = run(["dlq", "list", "--older-than", age], env)
     assert result.exit_code == EXIT_USAGE, result.output
-    assert "'soon'" in said(result)
+    assert f"{age!r}" in said(result)
 
 
 def test_dlq_show_prints_the_body_and_the_error(
@@ -541,6 +559,30 @@ def test_dlq_replay_by_id_puts_the_event_back_in_the_queue(
     assert [letter.event.id for letter in dead_letters.iter()] == ["evt-middle", "evt-new"]
     assert store.pending_events() == 1
     assert queued_events(store) == {"evt-old": OLD_BODY}
+
+
+def test_dlq_replay_of_an_id_given_twice_replays_it_once(
+    env: dict[str, str], seeded: dict[str, DeadLetter], dead_letters: DeadLetters, store: RelayStore
+) -> None:
+    """Overlapping lists of ids pasted together: one dead letter is one event in the queue."""
+    result = run(["dlq", "replay", "evt-old", "evt-old"], env)
+    assert result.exit_code == EXIT_OK, result.output
+    assert "replayed 1 dead letters" in result.stdout
+    assert store.pending_events() == 1
+    assert queued_events(store) == {"evt-old": OLD_BODY}
+
+
+def test_dlq_purge_by_id_removes_a_record_that_cannot_be_read(
+    env: dict[str, str], seeded: dict[str, DeadLetter], dead_letters: DeadLetters
+) -> None:
+    """A record `dlq list` leaves out (unreadable) is still purged by its id, and only it."""
+    dead_letters.client.hset(dead_letters.keys.dead_letters, "broken-1", b"{")
+    dead_letters.client.zadd(dead_letters.keys.dead_letter_index, {"broken-1": 0.0})
+    result = run(["dlq", "purge", "broken-1"], env)
+    assert result.exit_code == EXIT_OK, result.output
+    assert "purged 1 dead letters" in result.stdout
+    assert dead_letters.depth() == 3
+    assert dead_letters.existing(["broken-1", "evt-old"]) == {"evt-old"}
 
 
 def test_dlq_replay_all_puts_every_dead_letter_back(

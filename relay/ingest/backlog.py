@@ -86,7 +86,7 @@ class QueueView:
             async with asyncio.timeout(self.timeout_s):
                 values = await self.client.mget(self._keys)
         except REDIS_FAILURES as exc:
-            raise unavailable(exc) from None
+            raise unavailable(exc, wrote=False) from None
         pending = max(0, int(values[0] or 0))
         topic_limit = int(values[1]) if len(values) > 1 and values[1] is not None else None
         state = QueueState(pending, effective_limit(self.settings, topic_limit), time.monotonic())

@@ -80,7 +80,7 @@ class Delivery:
         return max(1, len(self.events) + len(self.dropped))
 
 
-def unavailable(exc: BaseException) -> QueueUnavailable:
+def unavailable(exc: BaseException, *, wrote: bool = True) -> QueueUnavailable:
     """The error a request sees when Redis failed: the kind of failure, never the URL.
 
     Redis refusing the script (out of memory, a read-only replica) or the ingest's user,
@@ -98,6 +98,8 @@ def unavailable(exc: BaseException) -> QueueUnavailable:
             "RELAY_REDIS_URL); nothing was stored"
         )
     kind = "timed out" if isinstance(exc, TimeoutError) else type(exc).__name__
+    if not wrote:  # a read before any write (the backlog check): nothing can have been stored
+        return QueueUnavailable(f"Redis is unavailable ({kind}); nothing was stored")
     return QueueUnavailable(
         f"Redis is unavailable ({kind}); if it failed after the write was sent, the events may "
         "have been stored: a retry with the same X-Webhook-Id stores them at most once",

@@ -47,6 +47,8 @@ def event_ids(webhook_id: bytes | None, count: int, is_array: bool) -> list[str]
     base = check_event_id(webhook_id.decode("ascii"))
     if not is_array:
         return [base]
+    if count == 0:
+        return []
     longest = len(f"{base}-{count - 1}")
     if longest > MAX_EVENT_ID_CHARS:
         raise InvalidEvent(

@@ -190,9 +190,11 @@ class WorkerFleet:
     Process tree: `relay worker` (supervisor) -> `dramatiq` master -> one child per process.
     """
 
-    def __init__(self, variables: dict[str, str], log_dir: Path) -> None:
+    def __init__(self, variables: dict[str, str], log_dir: Path, *, terminal: bool = False) -> None:
         self.variables = variables
         self.log_dir = log_dir
+        self.terminal = terminal
+        """Run as a terminal runs it: in a process group of its own, which Ctrl-C signals."""
         self.process: subprocess.Popen[bytes] | None = None
         self.metrics_url = ""
         self.logs: list[Path] = []
@@ -210,8 +212,20 @@ class WorkerFleet:
                 cwd=self.log_dir,
                 stdout=log,
                 stderr=subprocess.STDOUT,
+                start_new_session=self.terminal,
             )
         return self
+
+    def pid(self) -> int:
+        """The supervisor's (`relay worker`'s) process id."""
+        assert self.process is not None
+        return self.process.pid
+
+    def ctrl_c(self) -> None:
+        """A terminal's Ctrl-C: SIGINT to the fleet's whole process group."""
+        assert self.terminal, "only a fleet started as in a terminal has a group of its own"
+        assert self.process is not None
+        os.killpg(self.process.pid, signal.SIGINT)
 
     def running(self) -> bool:
         return self.process is not None and self.process.poll() is None

@@ -26,6 +26,7 @@ FAULT_ORDER = (
     "credentials rejected, then fixed",
     "malformed, oversize and poison inputs",
     "SIGTERM while the breaker holds bundles",
+    "Ctrl-C while bundles are being published",
 )
 """The issue's order, which the table keeps whatever order the tests ran in."""
 

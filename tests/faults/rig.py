@@ -112,9 +112,10 @@ class FaultRig:
             "RELAY_SNS_SECRET": TEST_SECRET,
         }
 
-    def fleet(self, redis_url: str | None = None) -> WorkerFleet:
-        """A started `relay worker` fleet (its Redis URL may be a proxy's)."""
-        fleet = WorkerFleet(self.worker_variables(redis_url), self.workdir)
+    def fleet(self, redis_url: str | None = None, *, terminal: bool = False) -> WorkerFleet:
+        """A started `relay worker` fleet (its Redis URL may be a proxy's; `terminal`: run as
+        in a terminal, in a process group of its own)."""
+        fleet = WorkerFleet(self.worker_variables(redis_url), self.workdir, terminal=terminal)
         self.fleets.append(fleet)
         return fleet.start()
 

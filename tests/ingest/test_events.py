@@ -494,9 +494,11 @@ def test_an_array_of_only_non_objects_is_400_and_marks_nothing_seen(
     assert redis_sync.keys(f"{settings.namespace}:*") == []
 
 
-def test_an_empty_array_is_200_with_no_outcomes(runner: AppRunner) -> None:
-    """`[]` carries no events: nothing to store, nothing wrong."""
-    response = runner.post(b"[]", signed(b"[]"))
+@pytest.mark.parametrize("webhook_id", [None, "w" * 128], ids=["no id", "a 128-character id"])
+def test_an_empty_array_is_200_with_no_outcomes(runner: AppRunner, webhook_id: str | None) -> None:
+    """`[]` carries no events: nothing to store, nothing wrong, whatever valid id it has (an
+    id of up to 128 characters makes no `<id>-<index>` ids for no elements)."""
+    response = runner.post(b"[]", signed(b"[]", webhook_id=webhook_id))
 
     assert response.status_code == 200
     assert response.json()["outcomes"] == []

@@ -93,6 +93,23 @@ def test_redis_stopped_is_a_quick_503_and_service_resumes_after_its_restart(
     client.close()
 
 
+def test_a_503_before_anything_was_written_says_nothing_was_stored(
+    valkey_restartable: Restartable,
+) -> None:
+    """Redis down at the request's first read (the backlog and the topic's limit): no write
+    was sent, so the answer and /readyz say nothing was stored, not that it may have been."""
+    settings = make_settings(valkey_restartable.url)
+    with AppRunner(create_app(settings, tuning=Tuning(backlog_cache_s=0.0))) as runner:
+        valkey_restartable.stop()
+        response = runner.post(EVENT, signed(EVENT, webhook_id="during"))
+        ready = runner.get("/readyz")
+        valkey_restartable.start()
+
+    assert response.status_code == 503
+    assert response.json()["error"].endswith("nothing was stored")
+    assert "may have been stored" not in ready.text
+
+
 def test_a_commit_failing_with_a_fresh_backlog_cache_is_also_a_quick_503(
     valkey_restartable: Restartable,
 ) -> None:
