@@ -61,8 +61,23 @@ def start_valkey(data_dir: Path, *, port: int | None = None) -> ValkeyServer:
         server = start_server(DURABLE_CONFIG, data_dir=data_dir / "valkey", port=port)
     finally:
         signal.pthread_sigmask(signal.SIG_SETMASK, blocked)
-    (data_dir / URL_FILE).write_text(server.connection_url + "\n")
+    # With the server's run id: a URL file left by a server that died names a port that
+    # another server may answer on later, and that one is not ours.
+    run_id = _run_id(server.connection_url)
+    (data_dir / URL_FILE).write_text(f"{server.connection_url}\n{run_id}\n")
     return server
+
+
+def _run_id(url: str) -> str | None:
+    """The `run_id` of the server at `url` (new at each start), or None if it does not answer."""
+    try:
+        client = redis.Redis.from_url(url, socket_connect_timeout=0.5, socket_timeout=0.5)
+        try:
+            return str(client.info("server").get("run_id") or "") or None
+        finally:
+            client.close()
+    except redis.RedisError:
+        return None
 
 
 def stop_valkey(server: ValkeyServer, data_dir: Path) -> None:
@@ -79,9 +94,8 @@ def discovered_url(settings: Settings) -> str | None:
     path = settings.data_dir / URL_FILE
     if not path.exists():
         return None
-    url = path.read_text().strip()
-    try:
-        redis.Redis.from_url(url, socket_connect_timeout=0.5).ping()
-    except redis.RedisError:
-        return None
+    url, _, run_id = path.read_text().strip().partition("\n")
+    found = _run_id(url)
+    if found is None or (run_id.strip() and found != run_id.strip()):
+        return None  # not running, or another server on its port since
     return url

