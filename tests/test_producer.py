@@ -561,15 +561,7 @@ def test_events_a_failed_send_many_may_have_stored_are_sent_again_under_their_id
 ) -> None:
     """The resend the report's detail asks for: the unavailable events, sent again with
     `event_ids` from the report, are stored under the ids the report gave them."""
-    monkeypatch.setattr(producer_module, "TRANSACTION_MAX_BYTES", 5_000)
-    producer.max_message_bytes()
-    payloads = [payload_of_size(2_000) for _ in range(6)]
-    failing_execute(monkeypatch, succeed_first=1)
-    with pytest.raises(QueueUnavailable) as caught:
-        producer.send_many(payloads)
-    monkeypatch.undo()
-    report = caught.value.report
-    assert isinstance(report, producer_module.SendReport)
+    payloads, report, _writes = send_many_failing_at_the_second_write(producer, monkeypatch)
     unsent = [o for o in report.outcomes if o.status == "unavailable"]
     assert len(unsent) == 4
     assert "send_many(payloads, event_ids=...)" in producer_module.MAYBE_STORED_DETAIL
@@ -721,6 +713,23 @@ def failing_execute(monkeypatch: pytest.MonkeyPatch, succeed_first: int = 0) -> 
     return calls
 
 
+def send_many_failing_at_the_second_write(
+    producer: Producer, monkeypatch: pytest.MonkeyPatch
+) -> tuple[list[bytes], producer_module.SendReport, int]:
+    """send_many of 6 events in 3 writes of 2 (~2 KB each), Redis failing at the second:
+    the payloads, the failure's report, and how many writes were tried."""
+    monkeypatch.setattr(producer_module, "TRANSACTION_MAX_BYTES", 5_000)
+    producer.max_message_bytes()
+    payloads = [payload_of_size(2_000) for _ in range(6)]
+    calls = failing_execute(monkeypatch, succeed_first=1)
+    with pytest.raises(QueueUnavailable) as caught:
+        producer.send_many(payloads)
+    monkeypatch.undo()
+    report = caught.value.report
+    assert isinstance(report, producer_module.SendReport)
+    return payloads, report, len(calls)
+
+
 def test_failed_send_many_leaves_nothing_half_written(
     make_producer: Callable[..., Producer],
     redis_client: redis.Redis,
@@ -750,16 +759,8 @@ def test_send_many_failing_in_a_later_transaction_reports_what_was_stored(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     """Transactions written before a failure stay; the report and Redis agree on which."""
-    monkeypatch.setattr(producer_module, "TRANSACTION_MAX_BYTES", 5_000)
-    producer.max_message_bytes()
-    payloads = [payload_of_size(2_000) for _ in range(6)]
-    calls = failing_execute(monkeypatch, succeed_first=1)
-    with pytest.raises(QueueUnavailable) as caught:
-        producer.send_many(payloads)
-    monkeypatch.undo()
-    assert len(calls) == 2
-    report = caught.value.report
-    assert isinstance(report, producer_module.SendReport)
+    _payloads, report, writes = send_many_failing_at_the_second_write(producer, monkeypatch)
+    assert writes == 2
     assert [o.status for o in report.outcomes] == ["enqueued"] * 2 + ["unavailable"] * 4
     # The write that failed may have been applied; the ones after it were never sent.
     assert [o.detail for o in report.outcomes[2:]] == [producer_module.MAYBE_STORED_DETAIL] * 2 + [

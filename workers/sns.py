@@ -98,7 +98,19 @@ _TRANSIENT_CODES = frozenset(
         "PriorRequestNotComplete",
     }
 )
-_SYSTEMIC_CODES = frozenset(
+_CREDENTIAL_CODES = frozenset(
+    {
+        "InvalidClientTokenId",
+        "SignatureDoesNotMatch",
+        "IncompleteSignature",
+        "MissingAuthenticationToken",
+        "ExpiredToken",
+        "ExpiredTokenException",
+        "UnrecognizedClientException",
+    }
+)
+"""SNS refusing the credentials themselves (not their permissions): new ones may mend it."""
+_SYSTEMIC_CODES = _CREDENTIAL_CODES | frozenset(
     {
         "NotFound",
         "AuthorizationError",
@@ -106,15 +118,8 @@ _SYSTEMIC_CODES = frozenset(
         "KMSNotFound",
         "KMSAccessDenied",
         "KMSOptInRequired",
-        "InvalidClientTokenId",
-        "SignatureDoesNotMatch",
-        "IncompleteSignature",
-        "MissingAuthenticationToken",
-        "ExpiredToken",
-        "ExpiredTokenException",
         "AccessDenied",
         "AccessDeniedException",
-        "UnrecognizedClientException",
         "OptInRequired",
     }
 )
@@ -156,20 +161,6 @@ _ENTRY_RETRY_CODES = frozenset(
 # The STS calls a credential refresh makes; their errors surface from the SNS call that
 # triggered the refresh, and mean the credentials, not the message, are wrong.
 _CREDENTIAL_OPERATIONS = frozenset({"AssumeRole"})
-_CREDENTIAL_CODES = frozenset(
-    {
-        "InvalidClientTokenId",
-        "SignatureDoesNotMatch",
-        "IncompleteSignature",
-        "MissingAuthenticationToken",
-        "ExpiredToken",
-        "ExpiredTokenException",
-        "UnrecognizedClientException",
-    }
-)
-"""SNS refusing the credentials themselves (not their permissions): new ones may mend it."""
-
-
 _THROTTLING_CODES = frozenset({"TooManyRequestsException", "RequestLimitExceeded"})
 """Throttling answers whose code does not say "throttl"."""
 
@@ -179,8 +170,7 @@ def throttled(exc: BaseException) -> bool:
     throttling code. Counted apart, as the fix (a higher quota) differs from an error's."""
     if not isinstance(exc, ClientError):
         return False
-    code = str(exc.response.get("Error", {}).get("Code", ""))
-    status = int(exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode", 0) or 0)
+    code, status = _code_and_status(exc)
     return status == 429 or "hrottl" in code or code in _THROTTLING_CODES
 
 
@@ -191,7 +181,7 @@ def credentials_refused(exc: BaseException) -> bool:
     if isinstance(exc, NoCredentialsError | PartialCredentialsError | CredentialRetrievalError):
         return True
     if isinstance(exc, ClientError):
-        code = str(exc.response.get("Error", {}).get("Code", ""))
+        code, _status = _code_and_status(exc)
         return code in _CREDENTIAL_CODES or exc.operation_name in _CREDENTIAL_OPERATIONS
     return False
 
@@ -218,8 +208,7 @@ def classify_error(exc: BaseException) -> ErrorKind:
 
 
 def _classify_client_error(exc: ClientError) -> ErrorKind:
-    code = str(exc.response.get("Error", {}).get("Code", ""))
-    status = int(exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode", 0) or 0)
+    code, status = _code_and_status(exc)
     if code in _RELAY_BUG_CODES:
         return ErrorKind.RELAY_BUG
     if code in _TRANSIENT_CODES or status >= 500 or status == 429:
@@ -233,6 +222,13 @@ def _classify_client_error(exc: ClientError) -> ErrorKind:
     if status in (401, 403, 404):
         return ErrorKind.SYSTEMIC
     return ErrorKind.PERMANENT
+
+
+def _code_and_status(exc: ClientError) -> tuple[str, int]:
+    """A ClientError's AWS error code ("" if none) and HTTP status (0 if none)."""
+    code = str(exc.response.get("Error", {}).get("Code", ""))
+    status = int(exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode", 0) or 0)
+    return code, status
 
 
 def classify_entry_failure(code: str, sender_fault: bool) -> ErrorKind:
