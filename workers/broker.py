@@ -6,8 +6,9 @@
   ever ack: fetched and not handed out, popped by a fetch whose reply was lost, or delayed
   messages dramatiq's consumer thread dropped from memory. The consumer that replaces the failed
   one requeues, first thing, whatever the ack set holds that no thread of this process holds.
-- L3/D5: redis-py timeouts and errors from enqueue/ack/requeue become dramatiq's ConnectionClosed,
-  which the consumer thread survives, instead of killing it.
+- L3/D5: redis-py timeouts and errors from enqueue/ack/requeue, and Redis refusing a write (out
+  of memory, read-only), become dramatiq's ConnectionClosed, which the consumer thread survives
+  (and after which dramatiq retries an ack or nack), instead of killing it.
 - L4: an undecodable message is moved to dramatiq's dead letters instead of wedging the consumer.
 """
 
@@ -24,9 +25,11 @@ from dramatiq.brokers.redis import RedisBroker, _RedisConsumer
 from dramatiq.errors import ConnectionClosed, DecodeError
 from dramatiq.middleware import CurrentMessage, Retries, TimeLimit
 
+from relay.errors import QueueUnavailable
 from relay.keys import QUEUE_NAME, Keys
-from relay.queue import as_text, redis_client, refused_access
+from relay.queue import REFUSED_WRITES, as_text, redis_client, refused_access
 from relay.settings import Settings
+from relay.store import RelayStore
 
 log = logging.getLogger(__name__)
 
@@ -84,6 +87,21 @@ class RelayRedisBroker(RedisBroker):
             return super().enqueue(message, delay=delay)
         except _REDIS_ERRORS as exc:
             raise ConnectionClosed(exc) from None
+
+    def _dispatch(self, command: str) -> Any:
+        dispatch = super()._dispatch(command)
+
+        def do_dispatch(queue_name: str, *args: Any) -> Any:
+            try:
+                return dispatch(queue_name, *args)
+            except REFUSED_WRITES as exc:
+                # Out of memory at maxmemory, or read-only after a failover: every dispatch
+                # writes (its heartbeat first), and nothing of the call was applied. As a
+                # connection error, dramatiq retries the ack or nack and the consumer thread
+                # survives, and RelayRetries keeps trying the retry enqueue (L1, L3).
+                raise ConnectionClosed(exc) from None
+
+        return do_dispatch
 
 
 class RelayConsumer(_RedisConsumer):
@@ -158,7 +176,10 @@ class RelayConsumer(_RedisConsumer):
     def nack(self, message: Any) -> None:
         try:
             super().nack(message)
-        except redis.TimeoutError as exc:
+            # In dramatiq's dead letters (a bug's retries spent), the bundle's events no longer
+            # wait: settled, or `relay stats` and the ingest's backlog bound count them for good.
+            RelayStore(self.broker.client, self.broker.keys).settle_all(message.message_id)
+        except (redis.TimeoutError, QueueUnavailable) as exc:
             raise ConnectionClosed(exc) from None
         self._release([message])
 
@@ -166,7 +187,7 @@ class RelayConsumer(_RedisConsumer):
         messages = list(messages)
         try:
             super().requeue(messages)
-        except _REDIS_ERRORS as exc:
+        except (ConnectionClosed, *_REDIS_ERRORS) as exc:
             with self.broker.held_lock:  # nobody holds them now: the next consumer requeues them
                 self.broker.suspect.add(self.queue_name)
             raise ConnectionClosed(exc) from None
@@ -240,7 +261,10 @@ def make_broker(settings: Settings, client: redis.Redis | None = None) -> RelayR
         maintenance_chance=MAINTENANCE_CHANCE,
         dead_message_ttl=DEAD_MESSAGE_TTL_MS,
         idle_poll_ms=settings.worker_idle_poll_ms,
-        middleware=[TimeLimit(), RelayRetries(), CurrentMessage()],
+        # After-hooks run in reverse order: TimeLimit clears the bundle's deadline before
+        # RelayRetries may loop on a retry enqueue while Redis is down; the other way round, the
+        # deadline's TimeLimitExceeded ended that loop and the bundle was acked, lost (L1).
+        middleware=[RelayRetries(), TimeLimit(), CurrentMessage()],
     )
     broker.declare_queue(QUEUE_NAME)
     return broker

