@@ -183,7 +183,7 @@ class Publisher:
         self.sleep = sleep
         self.renew_gateway = renew_gateway
         """Makes a gateway whose credentials are resolved again, in place of the one given."""
-        self._renew_gateway = False
+        self._credentials_refused = False
 
     def publish(self, events: Sequence[Event], result: BundleResult | None = None) -> BundleResult:
         """Publish a bundle. Every event ends published, dropped (recorded) or dead-lettered.
@@ -246,10 +246,10 @@ class Publisher:
             ) from None
 
     def _attempt(self, remaining: dict[str, Event], result: BundleResult) -> None:
-        if self._renew_gateway and self.renew_gateway is not None:
+        if self._credentials_refused and self.renew_gateway is not None:
             # Made here, for the attempt (the breaker's probe), not when the credentials were
             # refused: resolved then, they would be the same missing or refused ones.
-            self._renew_gateway = False
+            self._credentials_refused = False
             self.gateway = self.limit.gateway = self.renew_gateway(self.gateway)
         if self.fifo:
             entries = [
@@ -304,7 +304,7 @@ class Publisher:
             metrics.PUBLISH_REQUESTS.labels("unavailable").inc()
             # The default chain is resolved once per client: credentials written or fixed
             # since are only found by a new one ("picked up without a restart").
-            self._renew_gateway = credentials_refused(exc)
+            self._credentials_refused = credentials_refused(exc)
             raise SnsUnavailable(f"SNS refused the request: {code}", list(remaining.values()))
         if kind is ErrorKind.RELAY_BUG and code not in SPLITTABLE_CODES:
             # Not SNS's verdict on these events: never dead-letter them for it. dramatiq's bug

@@ -518,9 +518,8 @@ def gateway_for(
 def renew_gateway(settings: Settings, stale: SnsGateway) -> SnsGateway:
     """This process's gateway for `settings`, made anew (its credentials resolved again) if the
     cached one is still `stale`: the first thread to ask replaces it, the others get that one."""
-    key = (os.getpid(), settings, DEFAULT_MAX_POOL_CONNECTIONS)
     with _gateways_lock:
-        if _gateways.get(key) is stale:
+        for key in [key for key, cached in _gateways.items() if cached is stale]:
             del _gateways[key]
     return gateway_for(settings)
 
