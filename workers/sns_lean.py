@@ -13,7 +13,6 @@ import hmac
 import http.client
 import logging
 import re
-import socket
 import urllib.parse
 import xml.etree.ElementTree as ET
 from collections.abc import Callable, Sequence
@@ -21,20 +20,13 @@ from typing import TYPE_CHECKING, Any, NamedTuple
 
 import boto3
 import botocore
-import urllib3
 from botocore.auth import SigV4Auth
 from botocore.awsrequest import AWSRequest
 from botocore.credentials import Credentials, ReadOnlyCredentials
 from botocore.exceptions import (
     ClientError,
-    ConnectionClosedError,
-    ConnectTimeoutError,
-    EndpointConnectionError,
-    HTTPClientError,
     NoCredentialsError,
     ParamValidationError,
-    ReadTimeoutError,
-    SSLError,
 )
 from botocore.httpsession import get_cert_path
 from botocore.model import StructureShape
@@ -55,6 +47,7 @@ from workers.sns import (
     make_client,
     make_session,
 )
+from workers.sns_transport import HttpTransport
 
 if TYPE_CHECKING:
     from mypy_boto3_sns import SNSClient
@@ -406,17 +399,13 @@ class LeanSnsGateway(SnsGateway):
         self._target = urllib.parse.urlunsplit(("", "", url.path or "/", url.query, ""))
         self._host = _host_header(url)
         self._signing_keys = _SigningKeys()
-        tls: dict[str, Any] = {}
-        if url.scheme == "https":
-            ca_certs = get_cert_path(True) if ca_bundle is None else ca_bundle
-            tls = {"cert_reqs": "CERT_REQUIRED", "ca_certs": ca_certs}
-        self.pool = urllib3.connection_from_url(
+        self.transport = HttpTransport(
             self.url,
-            maxsize=max_pool_connections,
-            block=False,
-            timeout=urllib3.Timeout(connect=connect_timeout_s, read=read_timeout_s),
-            retries=False,
-            **tls,
+            max_idle_connections=max_pool_connections,
+            connect_timeout_s=connect_timeout_s,
+            read_timeout_s=read_timeout_s,
+            # botocore's CA bundle, as its own requests verify with, unless one is configured
+            ca_bundle=get_cert_path(True) if ca_bundle is None else ca_bundle,
         )
 
     def __repr__(self) -> str:
@@ -424,7 +413,7 @@ class LeanSnsGateway(SnsGateway):
 
     def close(self) -> None:
         """Close the pooled connections (the client's are botocore's)."""
-        self.pool.close()
+        self.transport.close()
 
     def publish_batch(self, topic_arn: str, entries: Sequence[BatchEntry]) -> BatchResult:
         """Publish up to 10 entries in one PublishBatch and report each entry's outcome.
@@ -475,33 +464,9 @@ class LeanSnsGateway(SnsGateway):
         _SigV4Auth(credentials, "sns", self._region, self._signing_keys).add_auth(request)
         headers = dict(request.headers.items())
         headers["User-Agent"] = USER_AGENT
-        try:
-            reply = self.pool.urlopen(
-                "POST",
-                self._target,
-                body=body,
-                headers=headers,
-                retries=False,
-                redirect=False,
-                assert_same_host=False,
-                preload_content=True,
-                decode_content=False,
-            )
-        # botocore's own mapping (httpsession.URLLib3Session.send), so errors classify alike. The
-        # signed request is not attached: it carries the session token.
-        except urllib3.exceptions.SSLError as exc:
-            raise SSLError(endpoint_url=self.url, error=exc) from None
-        except (urllib3.exceptions.NewConnectionError, socket.gaierror) as exc:
-            raise EndpointConnectionError(endpoint_url=self.url, error=exc) from None
-        except urllib3.exceptions.ConnectTimeoutError as exc:
-            raise ConnectTimeoutError(endpoint_url=self.url, error=exc) from None
-        except urllib3.exceptions.ReadTimeoutError as exc:
-            raise ReadTimeoutError(endpoint_url=self.url, error=exc) from None
-        except urllib3.exceptions.ProtocolError as exc:
-            raise ConnectionClosedError(endpoint_url=self.url, error=exc) from None
-        except Exception as exc:
-            raise HTTPClientError(error=exc) from None
-        return reply.status, reply.data, reply.headers
+        # The signed request is never attached to an error: it carries the session token.
+        answer = self.transport.post(self._target, headers, body)
+        return answer.status, answer.body, answer.headers
 
 
 def make_lean_gateway(

@@ -13,6 +13,7 @@ import itertools
 import json
 import os
 import socket
+import ssl
 import threading
 import time
 import urllib.parse
@@ -23,7 +24,6 @@ from unittest import mock
 
 import boto3
 import pytest
-import urllib3
 import yarl
 from botocore.auth import SigV4Auth
 from botocore.awsrequest import AWSRequest, AWSResponse
@@ -69,6 +69,7 @@ from workers.sns import (
     make_session,
 )
 from workers.sns_lean import LeanSnsGateway, encode_publish_batch, make_lean_gateway
+from workers.sns_transport import HttpTransport
 
 REGION = "us-east-1"
 ACCOUNT = "123456789012"
@@ -462,11 +463,9 @@ def test_read_timeout_is_transient(local_sns: LocalSnsServer) -> None:
 
 @pytest.fixture
 def new_connections() -> Iterator[mock.MagicMock]:
-    """Counts the TCP connections urllib3 opens (botocore's too)."""
-    original = urllib3.connection.HTTPConnection._new_conn
-    with mock.patch.object(
-        urllib3.connection.HTTPConnection, "_new_conn", autospec=True, side_effect=original
-    ) as spy:
+    """Counts the TCP connections the lean path opens (botocore's are not its)."""
+    original = HttpTransport._connect
+    with mock.patch.object(HttpTransport, "_connect", autospec=True, side_effect=original) as spy:
         yield spy
 
 
@@ -483,7 +482,7 @@ def test_requests_reuse_one_keep_alive_connection(
 
 
 def test_threads_share_a_pool_of_max_pool_connections(
-    local_sns: LocalSnsServer, new_connections: mock.MagicMock, caplog: pytest.LogCaptureFixture
+    local_sns: LocalSnsServer, new_connections: mock.MagicMock
 ) -> None:
     """Eight threads publishing at once share at most 8 pooled connections, none discarded."""
     topic_arn = local_sns.create_topic("relay-events")
@@ -506,10 +505,9 @@ def test_threads_share_a_pool_of_max_pool_connections(
         thread.join(timeout=30)
     assert errors == [], [repr(e) for e in errors]
     assert local_sns.stats()["published"] == 80
-    assert lean.pool.pool is not None
-    assert lean.pool.pool.maxsize == 8
+    assert lean.transport.max_idle_connections == 8
     assert 1 <= new_connections.call_count <= 8
-    assert "Connection pool is full" not in caplog.text
+    assert len(lean.transport._idle) == new_connections.call_count  # every one kept
 
 
 def free_port() -> int:
@@ -799,15 +797,15 @@ def test_assumed_role_credentials_sign_and_are_refreshed(moto: MotoAws) -> None:
     credentials = lean._credentials
     assert isinstance(credentials, DeferredRefreshableCredentials)
     signed_with: list[str] = []
-    original = lean.pool.urlopen
+    original = lean.transport.post
 
-    def spy(*args: Any, **kwargs: Any) -> Any:
-        signed_with.append(kwargs["headers"]["Authorization"].split("/")[0].split("=")[1])
-        return original(*args, **kwargs)
+    def spy(target: str, headers: dict[str, str], body: bytes) -> Any:
+        signed_with.append(headers["Authorization"].split("/")[0].split("=")[1])
+        return original(target, headers, body)
 
     sts = sts_backends[ACCOUNT]["aws"]
     before = len(sts.assumed_roles)
-    with enable_iam_authentication(), mock.patch.object(lean.pool, "urlopen", side_effect=spy):
+    with enable_iam_authentication(), mock.patch.object(lean.transport, "post", side_effect=spy):
         # When it publishes, the credentials expire, and it publishes again
         assert lean.publish_batch(topic_arn, stream_entries(1)).successful
         first = credentials.get_frozen_credentials()
@@ -865,9 +863,10 @@ def test_endpoint_and_region_are_the_ones_botocore_sends_to(
     assert urls == [lean.url] == [f"https://{host}/"]
     assert lean._region == region
     # TLS with certificate checks, as botocore does it
-    assert isinstance(lean.pool, urllib3.HTTPSConnectionPool)
-    assert lean.pool.cert_reqs == "CERT_REQUIRED"
-    assert lean.pool.ca_certs
+    tls = lean.transport.tls
+    assert tls is not None
+    assert (tls.verify_mode, tls.check_hostname) == (ssl.CERT_REQUIRED, True)
+    assert tls.cert_store_stats()["x509_ca"] > 0  # botocore's bundle
 
 
 def test_a_proxy_falls_back_to_boto3(
@@ -903,7 +902,7 @@ def test_secrets_never_in_reprs_or_errors(canned: CannedSns) -> None:
     """The key and secret appear in no repr and no error text of the lean path."""
     settings = make_settings(sns_endpoint_url=canned.url)
     lean = make_lean_gateway(settings)
-    texts = [repr(lean), str(lean), repr(lean.pool)]
+    texts = [repr(lean), str(lean), repr(lean.transport)]
     canned.status, canned.body = 403, error_body("SignatureDoesNotMatch").encode()
     error = raised(lean, stream_entries(1))
     texts += [str(error), repr(error), json.dumps(getattr(error, "response", {}))]
