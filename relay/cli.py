@@ -427,6 +427,11 @@ def dlq_replay(
                 max(0.0, period_s - (time.monotonic() - began))
             )  # the rate limit, not a wait for work
     click.echo(f"replayed {replayed} dead letters")
+    if replayed < len(letters):
+        click.echo(
+            f"{len(letters) - replayed} were no longer dead letters when their turn came "
+            "(replayed or purged by another command meanwhile) and were left alone"
+        )
 
 
 REPLAY_MAX_PER_WRITE = 1_000

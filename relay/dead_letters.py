@@ -24,7 +24,7 @@ from relay.queue import (
     bundles,
     command_chunks,
     translate_redis_errors,
-    write_once,
+    write_once_if_present,
 )
 
 log = logging.getLogger(__name__)
@@ -147,18 +147,29 @@ class DeadLetters:
                     return
 
     def replay(self, letters: Sequence[DeadLetter], writer: BundleWriter) -> int:
-        """Send events back through the queue and remove them from dead letters, atomically."""
-        if not letters:
-            return 0
-        events = [letter.event for letter in letters]
-        commands = CommandRecorder()
-        writer.write(list(bundles(events)), pipe=commands)
-        ids = [event.id for event in events]
-        for chunk in command_chunks(ids):
-            commands.hdel(self.keys.dead_letters, *chunk)
-            commands.zrem(self.keys.dead_letter_index, *chunk)
-        write_once(self.client, self.keys, commands)
-        return len(events)
+        """Send events back through the queue and remove them from dead letters, atomically.
+
+        Only letters still dead when the write runs are sent: one another replay (or a purge)
+        took meanwhile is left out, so each dead letter re-enters the queue once. Returns how
+        many were sent.
+        """
+        pending = list(letters)
+        while pending:
+            events = [letter.event for letter in pending]
+            ids = [event.id for event in events]
+            commands = CommandRecorder()
+            writer.write(list(bundles(events)), pipe=commands)
+            for chunk in command_chunks(ids):
+                commands.hdel(self.keys.dead_letters, *chunk)
+                commands.zrem(self.keys.dead_letter_index, *chunk)
+            gone = write_once_if_present(
+                self.client, self.keys, commands, self.keys.dead_letters, ids
+            )
+            if not gone:
+                return len(events)
+            taken = set(gone)
+            pending = [letter for letter in pending if letter.event.id not in taken]
+        return 0
 
     def purge(self, event_ids: Sequence[str] | None = None) -> int:
         """Delete the given dead letters, or all of them; returns how many were deleted."""

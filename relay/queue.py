@@ -68,6 +68,15 @@ REFUSED_ACCESS = (
 itself: before anything ran, so nothing was stored. The first two are ConnectionErrors to
 redis-py; said as what they are, they point at the configuration, not the network."""
 
+# Runs the writes recorded in ARGV from position `at` on (a CommandRecorder's args).
+_RUN_WRITES_LUA = """
+while at <= #ARGV do
+  local argc = tonumber(ARGV[at])
+  redis.call(unpack(ARGV, at + 1, at + argc))
+  at = at + argc + 1
+end
+"""
+
 # KEYS: markers, the first this write's own (write_done), the others the ingest's webhook ids.
 # ARGV: the first marker's TTL, the others' TTL, then the writes, each as its argument count
 # followed by the command. If any marker exists, nothing is written and the positions of those
@@ -76,23 +85,46 @@ redis-py; said as what they are, they point at the configuration, not the networ
 # atomic, like MULTI/EXEC. A Redis out of memory refuses it at its first write, before anything
 # is stored; and the markers come last, so a script failing halfway could leave writes unmarked
 # (a duplicate on a retry) but never a marker without its writes (a loss).
-CHECK_AND_WRITE_LUA = """
+CHECK_AND_WRITE_LUA = (
+    """
 local seen = {}
 for index, key in ipairs(KEYS) do
   if redis.call('exists', key) == 1 then seen[#seen + 1] = index end
 end
 if #seen > 0 then return seen end
 local at = 3
-while at <= #ARGV do
-  local argc = tonumber(ARGV[at])
-  redis.call(unpack(ARGV, at + 1, at + argc))
-  at = at + argc + 1
-end
+"""
+    + _RUN_WRITES_LUA
+    + """
 for index, key in ipairs(KEYS) do
   redis.call('set', key, '1', 'EX', index == 1 and ARGV[1] or ARGV[2])
 end
 return seen
 """
+)
+
+
+# KEYS: this write's marker, a hash. ARGV: the marker's TTL, a count N, N fields of the hash,
+# then the writes as in CHECK_AND_WRITE_LUA. If the marker exists (a replayed call), nothing is
+# written and nothing returned; if any of the fields is missing from the hash, nothing is written
+# and the missing fields are returned; else the writes run, then the marker is set.
+WRITE_IF_PRESENT_LUA = (
+    """
+if redis.call('exists', KEYS[1]) == 1 then return {} end
+local count = tonumber(ARGV[2])
+local missing = {}
+for at = 3, 2 + count do
+  if redis.call('hexists', KEYS[2], ARGV[at]) == 0 then missing[#missing + 1] = ARGV[at] end
+end
+if #missing > 0 then return missing end
+local at = 3 + count
+"""
+    + _RUN_WRITES_LUA
+    + """
+redis.call('set', KEYS[1], '1', 'EX', ARGV[1])
+return {}
+"""
+)
 
 
 SCRIPT_COMMAND_MAX_VALUES = 1_000
@@ -145,6 +177,28 @@ def write_once(client: redis.Redis, keys: Keys, commands: CommandRecorder) -> No
     script = client.register_script(CHECK_AND_WRITE_LUA)
     with translate_redis_errors(client):
         script(keys=[marker], args=[WRITE_DONE_TTL_S, WRITE_DONE_TTL_S, *commands.args])
+
+
+def write_once_if_present(
+    client: redis.Redis,
+    keys: Keys,
+    commands: CommandRecorder,
+    hash_key: str,
+    fields: Sequence[str],
+) -> list[str]:
+    """`write_once`, applied only if each of `fields` is in the hash `hash_key` when it runs.
+
+    Returns the fields found missing, in which case nothing was written: the caller that lost a
+    race for them (two replays of the same dead letters) writes again without them. Raises
+    QueueUnavailable when Redis fails.
+    """
+    marker = keys.write_done(uuid4().hex)
+    script = client.register_script(WRITE_IF_PRESENT_LUA)
+    with translate_redis_errors(client):
+        missing = script(
+            keys=[marker, hash_key], args=[WRITE_DONE_TTL_S, len(fields), *fields, *commands.args]
+        )
+    return [as_text(field) for field in missing]
 
 
 def redis_client(url: str, settings: Settings, *, retries: int = 1) -> redis.Redis:

@@ -613,6 +613,29 @@ def test_dlq_purge_by_id_removes_a_record_that_cannot_be_read(
     assert dead_letters.existing(["broken-1", "evt-old"]) == {"evt-old"}
 
 
+def test_dlq_replay_says_which_letters_another_command_took_first(
+    env: dict[str, str],
+    seeded: dict[str, DeadLetter],
+    dead_letters: DeadLetters,
+    store: RelayStore,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A letter purged between the replay's read and its write is left alone, and said so."""
+    read = DeadLetters.get
+
+    def read_then_purged(self: DeadLetters, event_ids: Any) -> list[DeadLetter]:
+        letters = read(self, event_ids)
+        dead_letters.purge(["evt-old"])  # another operator, at that moment
+        return letters
+
+    monkeypatch.setattr(DeadLetters, "get", read_then_purged)
+    result = run(["dlq", "replay", "evt-old", "evt-new"], env)
+    assert result.exit_code == EXIT_OK, result.output
+    assert "replayed 1 dead letters" in result.stdout
+    assert "1 were no longer dead letters" in result.stdout
+    assert queued_events(store) == {"evt-new": seeded["new"].event.body}
+
+
 def test_dlq_replay_all_puts_every_dead_letter_back(
     env: dict[str, str], seeded: dict[str, DeadLetter], dead_letters: DeadLetters, store: RelayStore
 ) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import threading
 import time
 from typing import Any
 
@@ -241,6 +242,65 @@ def test_replaying_thousands_of_dead_letters_in_one_write_takes_them_all(
 
     assert dlq.depth() == 0
     assert RelayStore(redis_client, keys).pending_events() == 2_500
+
+
+def test_letters_replayed_twice_are_queued_once(
+    dlq: DeadLetters, redis_client: redis.Redis, keys: Keys
+) -> None:
+    """Two replays of the same letters (two `relay dlq replay` runs that read them both): the
+    second finds them gone and queues nothing."""
+    letters = [letter("a"), letter("b")]
+    dlq.add(letters)
+    writer = BundleWriter(redis_client, keys)
+    assert dlq.replay(letters, writer) == 2
+    assert dlq.replay(letters, writer) == 0
+    assert queued_events(redis_client, keys) == [[letters[0].event, letters[1].event]]
+    assert RelayStore(redis_client, keys).pending_events() == 2
+
+
+def test_replay_leaves_out_letters_taken_since_they_were_read(
+    dlq: DeadLetters, redis_client: redis.Redis, keys: Keys
+) -> None:
+    """A letter purged (or replayed elsewhere) after the replay read it is not queued; the rest
+    are, in one write."""
+    letters = [letter("a"), letter("b"), letter("c")]
+    dlq.add(letters)
+    dlq.purge(["b"])
+    assert dlq.replay(letters, BundleWriter(redis_client, keys)) == 2
+    assert queued_events(redis_client, keys) == [[letters[0].event, letters[2].event]]
+    assert dlq.depth() == 0
+    assert RelayStore(redis_client, keys).pending_events() == 2
+
+
+def test_concurrent_replays_queue_each_letter_once(
+    dlq: DeadLetters, redis_client: redis.Redis, keys: Keys
+) -> None:
+    """Four threads replay the same 400 letters in steps of 25, in different orders: every
+    letter is queued exactly once, and the counts add up."""
+    letters = [letter(f"e{n}") for n in range(400)]
+    dlq.add(letters)
+    writer = BundleWriter(redis_client, keys)
+    counts: list[int] = []
+    errors: list[BaseException] = []
+
+    def replay(order: list[DeadLetter]) -> None:
+        try:
+            counts.append(sum(dlq.replay(order[i : i + 25], writer) for i in range(0, 400, 25)))
+        except BaseException as exc:  # reported by the main thread
+            errors.append(exc)
+
+    orders = [letters, letters[::-1], letters[200:] + letters[:200], letters[::2] + letters[1::2]]
+    threads = [threading.Thread(target=replay, args=(order,)) for order in orders]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=60)
+    assert errors == []
+    queued = [event.id for bundle in queued_events(redis_client, keys) for event in bundle]
+    assert sorted(queued) == sorted(dl.event.id for dl in letters)
+    assert sum(counts) == 400
+    assert dlq.depth() == 0
+    assert RelayStore(redis_client, keys).pending_events() == 400
 
 
 def test_replay_of_nothing_does_nothing(

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import re
+import uuid
 from dataclasses import dataclass
 from typing import Any
 
@@ -168,11 +169,14 @@ def test_a_given_event_id_is_kept(event_id: str) -> None:
     assert event.attributes[EVENT_ID_ATTRIBUTE] == event_id
 
 
-def test_generated_event_ids_are_unique_hex() -> None:
-    """Events without an id get distinct 32-hex-digit ids."""
+def test_generated_event_ids_are_unique_version_4_uuids_in_hex() -> None:
+    """Events without an id get distinct 32-hex-digit ids, each a random (version 4) UUID."""
     ids = [make_event(b"{}").id for _ in range(1_000)] + [new_event_id() for _ in range(1_000)]
     assert len(set(ids)) == len(ids)
     assert all(re.fullmatch(r"[0-9a-f]{32}", event_id) for event_id in ids)
+    parsed = [uuid.UUID(hex=event_id) for event_id in ids]
+    assert {(one.version, one.variant) for one in parsed} == {(4, uuid.RFC_4122)}
+    assert [one.hex for one in parsed] == ids
 
 
 @pytest.mark.parametrize(
