@@ -136,27 +136,34 @@ def make_event(
             )
         parsed: Any = payload
         body = body_bytes.decode("utf-8")
+        body_bytes_count: int | None = len(body_bytes)
     else:
         if isinstance(payload, bytes | bytearray | memoryview):
             try:
-                body = bytes(payload).decode("utf-8")
+                raw = bytes(payload)
+                body = raw.decode("utf-8")
+                body_bytes_count = len(raw)
             except UnicodeDecodeError as exc:
                 raise InvalidEvent(
                     f"body is not UTF-8 (byte {exc.start})", event_id=given_id
                 ) from None
         else:
             body = payload
+            body_bytes_count = None  # counted once it is known to be valid text
         try:
             parsed = orjson.loads(body)
         except orjson.JSONDecodeError as exc:
             raise InvalidEvent(f"body is not valid JSON: {exc}", event_id=given_id) from None
     if not isinstance(parsed, Mapping):
         raise InvalidEvent("body must be a JSON object", event_id=given_id)
+    attributes = attributes_for(parsed, event_id)
     return Event(
         id=event_id,
         body=body,
-        attributes=attributes_for(parsed, event_id),
+        attributes=attributes,
         received_at_s=time.time() if received_at_s is None else received_at_s,
+        # The body's UTF-8 size is the byte count it arrived as: no second encode of it.
+        size_bytes=limits.message_bytes(body, attributes, body_bytes=body_bytes_count),
     )
 
 

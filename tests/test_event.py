@@ -304,8 +304,12 @@ def test_json_that_is_not_an_object_raises_invalid_event_saying_so(body: bytes) 
 
 @pytest.mark.parametrize(
     "payload",
-    [RAW_BODY, {"type": "message.new", "cid": "messaging:café", "text": "€" * 100 + "😀"}],
-    ids=["raw", "dict"],
+    [
+        RAW_BODY,
+        RAW_BODY.decode("utf-8"),
+        {"type": "message.new", "cid": "messaging:café", "text": "€" * 100 + "😀"},
+    ],
+    ids=["raw", "str", "dict"],
 )
 def test_size_bytes_is_the_sns_message_size_of_body_and_attributes(payload: Any) -> None:
     """Event.size_bytes equals limits.message_bytes(body, attributes), multibyte included."""
