@@ -1,10 +1,11 @@
 """The lean path's HTTP/1.1: a pool of keep-alive connections to one SNS endpoint, each request
 written at once and its answer read by httptools (llhttp, the parser uvicorn serves with).
 
-urllib3 over http.client cost the workers about 190 µs of CPU per 10-entry PublishBatch on the
-benchmark's machine, most of it the email package parsing the answer's headers; this costs about
-50, most of it the kernel copying the body. Failures are raised as botocore's URLLib3Session
-raises them (httpsession.py), so they classify alike.
+urllib3 over http.client cost the workers 210 to 230 µs of CPU per 10-entry PublishBatch of
+Stream events on the benchmark's machine, much of it the email package parsing the answer's
+headers; this costs 60 to 70, and a bare socket 45 to 55 (the kernel copying the 50 KB body).
+Failures are raised as botocore's URLLib3Session raises them (httpsession.py), so they classify
+alike.
 """
 
 from __future__ import annotations
