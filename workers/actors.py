@@ -7,6 +7,7 @@ process; the broker is configured from the same settings as the producers (FACTS
 from __future__ import annotations
 
 import functools
+import gc
 import os
 import socket
 import threading
@@ -87,6 +88,7 @@ class MakePublisher(Middleware):
     Making the SNS client (botocore loads and parses its service model) costs a worker process
     more CPU than hundreds of bundles; done here, no bundle waits on it. Should it fail, the first
     bundle tries again and fails where dramatiq retries it, as if nothing had been tried here.
+    Then what the process booted with is frozen out of the garbage collector's full passes.
     """
 
     def after_process_boot(self, broker: Any) -> None:
@@ -94,6 +96,11 @@ class MakePublisher(Middleware):
             publisher()
         except Exception as exc:
             log.warning("could not make the publisher at boot", error=type(exc).__name__)
+        # What the process holds now (modules, botocore's models, the publisher) lives as long
+        # as it does: frozen, a full collection no longer walks it. Measured in make bench's
+        # relay-lean flood: a worker process's full collection took 94 and 145 ms unfrozen,
+        # every thread of the process stalled meanwhile, and 1.3 ms frozen.
+        gc.freeze()
 
 
 broker.add_middleware(StopHolding())

@@ -4,6 +4,7 @@ dead letters, metrics, and the topic limit. SNS is a scripted fake gateway; Redi
 
 from __future__ import annotations
 
+import gc
 import importlib
 import logging
 import random
@@ -1196,6 +1197,20 @@ def test_a_worker_process_makes_its_publisher_as_it_boots(
     monkeypatch.setattr(actors, "publisher", fail)
     actors.MakePublisher().after_process_boot(actors.broker)  # no exception
     assert any(isinstance(m, actors.MakePublisher) for m in actors.broker.middleware)
+
+
+def test_a_worker_process_freezes_what_it_booted_with(
+    actors: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """After the boot hook, the objects the process made so far are out of the collector's
+    reach (gc.freeze), so its full collections stay short."""
+    monkeypatch.setattr(actors, "publisher", lambda: None)
+    gc.unfreeze()
+    try:
+        actors.MakePublisher().after_process_boot(actors.broker)
+        assert gc.get_freeze_count() > 10_000
+    finally:
+        gc.unfreeze()
 
 
 # --- FIFO topics, end to end ---------------------------------------------------------------------
