@@ -6,7 +6,7 @@ Producers and workers both write here, so `relay stats` and the metrics see the 
 from __future__ import annotations
 
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 from uuid import uuid4
@@ -32,10 +32,12 @@ SETTLE_ALL = 2**31 - 1
 
 # Settling is idempotent per bundle: a bundle processed twice (a worker killed after publishing,
 # FACTS §9.4 D1) cannot take more off the pending count than it put on.
-# KEYS: pending bundles, pending events, this settle's own marker. ARGV: bundle id, count, the
-# marker's TTL. The marker makes a settle that redis-py replays after a lost answer (the
-# workers' client retries once on a broken connection) a no-op: a second partial settle of the
-# same bundle would take its remaining events off the count although they are still pending.
+# KEYS: pending bundles, pending events, this settle's own marker, the totals. ARGV: bundle id,
+# count, the marker's TTL, then pairs of a total's name and what to add to it (the bundle's
+# outcomes, written with its settle: one round trip a bundle, not two). The marker makes a
+# settle that redis-py replays after a lost answer (the workers' client retries once on a
+# broken connection) a no-op: a second partial settle of the same bundle would take its
+# remaining events off the count although they are still pending, and count its totals twice.
 _SETTLE_LUA = """
 if redis.call('exists', KEYS[3]) == 1 then return tonumber(redis.call('get', KEYS[3])) end
 local n = tonumber(redis.call('hget', KEYS[1], ARGV[1]) or '0')
@@ -45,6 +47,7 @@ if k > 0 then
   else redis.call('hset', KEYS[1], ARGV[1], n - k) end
   redis.call('decrby', KEYS[2], k)
 end
+for at = 4, #ARGV, 2 do redis.call('hincrby', KEYS[4], ARGV[at], ARGV[at + 1]) end
 redis.call('set', KEYS[3], k, 'EX', ARGV[3])
 return k
 """
@@ -126,13 +129,17 @@ class RelayStore:
             raw = self.client.hgetall(self.keys.totals)
         return {as_text(key): int(value) for key, value in raw.items()}
 
-    def settle(self, bundle_id: str, events: int) -> int:
+    def settle(
+        self, bundle_id: str, events: int, totals: Mapping[str, int] | None = None
+    ) -> int:
         """Take `events` of bundle `bundle_id` off the pending count; return how many it took.
 
+        `totals` are added to the fleet-wide totals in the same script, as `add_totals` would.
         Raises ValueError for a negative count.
         """
         if events < 0:
             raise ValueError(f"cannot settle a negative count ({events})")
+        deltas = [part for name, delta in (totals or {}).items() if delta for part in (name, delta)]
         with translate_redis_errors(self.client):
             return int(
                 self._settle(
@@ -140,14 +147,16 @@ class RelayStore:
                         self.keys.pending_bundles,
                         self.keys.pending_events,
                         self.keys.write_done(uuid4().hex),
+                        self.keys.totals,
                     ],
-                    args=[bundle_id, events, WRITE_DONE_TTL_S],
+                    args=[bundle_id, events, WRITE_DONE_TTL_S, *deltas],
                 )
             )
 
-    def settle_all(self, bundle_id: str) -> int:
-        """Take whatever bundle `bundle_id` still counts off the pending count."""
-        return self.settle(bundle_id, SETTLE_ALL)
+    def settle_all(self, bundle_id: str, totals: Mapping[str, int] | None = None) -> int:
+        """Take whatever bundle `bundle_id` still counts off the pending count (and add `totals`
+        to the fleet-wide totals in the same script)."""
+        return self.settle(bundle_id, SETTLE_ALL, totals)
 
     def pending_events(self) -> int:
         """Events enqueued and not yet published, dropped or dead-lettered."""

