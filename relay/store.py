@@ -129,9 +129,7 @@ class RelayStore:
             raw = self.client.hgetall(self.keys.totals)
         return {as_text(key): int(value) for key, value in raw.items()}
 
-    def settle(
-        self, bundle_id: str, events: int, totals: Mapping[str, int] | None = None
-    ) -> int:
+    def settle(self, bundle_id: str, events: int, totals: Mapping[str, int] | None = None) -> int:
         """Take `events` of bundle `bundle_id` off the pending count; return how many it took.
 
         `totals` are added to the fleet-wide totals in the same script, as `add_totals` would.
