@@ -12,7 +12,6 @@ from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any, TypeVar
-from uuid import uuid4
 
 import dramatiq
 import orjson
@@ -22,6 +21,7 @@ from redis.retry import Retry
 
 from relay.errors import QueueUnavailable
 from relay.event import Event
+from relay.ids import uuid4_hex, uuid4_str
 from relay.keys import ACTOR_NAME, QUEUE_NAME, Keys
 from relay.settings import Settings
 
@@ -173,7 +173,7 @@ def write_once(client: redis.Redis, keys: Keys, commands: CommandRecorder) -> No
     the second copy, found without its message, was never settled. Here the replay finds this
     transaction's marker and writes nothing. Raises QueueUnavailable when Redis fails.
     """
-    marker = keys.write_done(uuid4().hex)
+    marker = keys.write_done(uuid4_hex())
     script = client.register_script(CHECK_AND_WRITE_LUA)
     with translate_redis_errors(client):
         script(keys=[marker], args=[WRITE_DONE_TTL_S, WRITE_DONE_TTL_S, *commands.args])
@@ -192,7 +192,7 @@ def write_once_if_present(
     race for them (two replays of the same dead letters) writes again without them. Raises
     QueueUnavailable when Redis fails.
     """
-    marker = keys.write_done(uuid4().hex)
+    marker = keys.write_done(uuid4_hex())
     script = client.register_script(WRITE_IF_PRESENT_LUA)
     with translate_redis_errors(client):
         missing = script(
@@ -244,7 +244,8 @@ def bundle_message(events: Sequence[Event]) -> dramatiq.Message[Any]:
         actor_name=ACTOR_NAME,
         args=([event.to_wire() for event in events],),
         kwargs={},
-        options={"redis_message_id": str(uuid4())},
+        options={"redis_message_id": uuid4_str()},
+        message_id=uuid4_str(),  # dramatiq's default draws a uuid4 from os.urandom (relay.ids)
     )
 
 

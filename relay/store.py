@@ -9,12 +9,12 @@ import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
-from uuid import uuid4
 
 import orjson
 import redis
 
 from relay.event import Event
+from relay.ids import uuid4_hex
 from relay.keys import DROPPED_LOG_MAX_ENTRIES, Keys
 from relay.queue import (
     WRITE_DONE_TTL_S,
@@ -144,7 +144,7 @@ class RelayStore:
                     keys=[
                         self.keys.pending_bundles,
                         self.keys.pending_events,
-                        self.keys.write_done(uuid4().hex),
+                        self.keys.write_done(uuid4_hex()),
                         self.keys.totals,
                     ],
                     args=[bundle_id, events, WRITE_DONE_TTL_S, *deltas],

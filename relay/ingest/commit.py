@@ -21,13 +21,13 @@ import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
-from uuid import uuid4
 
 import redis.asyncio
 
 from relay import metrics
 from relay.errors import QueueUnavailable
 from relay.event import Event
+from relay.ids import uuid4_hex
 from relay.ingest.batcher import Batcher
 from relay.ingest.script import ScriptRunner
 from relay.keys import Keys
@@ -177,7 +177,7 @@ class GroupCommitter:
         ]
         # The batch's own marker: the runner replaying the script after a broken connection
         # finds it if the first execution was applied, and writes nothing.
-        done = self.keys.write_done(uuid4().hex)
+        done = self.keys.write_done(uuid4_hex())
         for _attempt in range(CHECK_ATTEMPTS):
             if not fresh:
                 return [False] * len(batch)
