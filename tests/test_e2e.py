@@ -453,6 +453,48 @@ def test_auth_failure_keeps_events_waiting_and_they_all_arrive_once_it_is_fixed(
     assert store.dramatiq_dead_bundles() == 0
 
 
+def test_entries_refused_for_a_disabled_kms_key_wait_and_arrive_once_it_is_enabled(
+    local_sns: LocalSnsServer, make_settings: Callable[..., Settings], tmp_path: Path
+) -> None:
+    """SNS failing entries one by one with KMSDisabled (SenderFault true) is the topic's key,
+    not the events: nothing is dead-lettered, the refused events wait, and once the key works
+    every event arrives exactly once."""
+    # Given SNS refusing half of every batch's entries for a disabled key
+    topic = local_sns.state.create_topic("kms-disabled", REGION, {})
+    settings = make_settings(sns_topic_arn=topic.arn)
+    store = store_for(settings)
+    letters = DeadLetters(store.client, store.keys)
+    local_sns.set_fault("entry_failure", code="KMSDisabled", sender_fault=True)
+    bodies = [f'{{"type":"message.new","n":{n},"text":"clé ⚿"}}' for n in range(8)]
+    with relay_worker(worker_variables(settings, local_sns.url), tmp_path):
+        # When events are sent and SNS has refused entries at least twice
+        with Producer(settings) as producer:
+            report = producer.send_many(bodies)
+        assert report.enqueued == len(bodies)
+        poll_until(
+            lambda: local_sns.stats()["rejected"].get("KMSDisabled", 0) >= 2,
+            DELIVERY_TIMEOUT_S,
+            what="two refused entries",
+        )
+        # Then the refused ones wait: none dead-lettered, none dropped
+        figures = stats_json(settings)
+        assert 0 < figures["pending_events"] <= len(bodies)
+        assert figures["dead_letters"] == 0
+        assert figures["dead_bundles"] == 0
+        assert figures["dropped"] == {}
+        # When the key works again
+        local_sns.set_fault("none")
+        # Then every event arrives, once, and nothing is left waiting
+        local_sns.wait_for_published(len(bodies), timeout_s=DELIVERY_TIMEOUT_S)
+        poll_until(lambda: store.pending_events() == 0, 10.0, what="nothing pending")
+    received = [
+        message["attributes"]["event_id"]["StringValue"] for message in local_sns.messages()
+    ]
+    assert sorted(received) == sorted(outcome.event_id for outcome in report.outcomes)
+    assert letters.depth() == 0
+    assert store.dramatiq_dead_bundles() == 0
+
+
 # --- CPU priority --------------------------------------------------------------------------------
 
 

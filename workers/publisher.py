@@ -284,15 +284,23 @@ class Publisher:
         result.sns_answered = True
         accepted = [remaining.pop(id_) for id_ in response.successful if id_ in remaining]
         rejected: list[DeadLetter] = []
+        systemic: set[str] = set()
         now = time.time()
         for id_, failure in response.failed.items():
-            if (
-                id_ in remaining
-                and classify_entry_failure(failure.code, failure.sender_fault)
-                is not ErrorKind.TRANSIENT
-            ):
+            if id_ not in remaining:
+                continue
+            kind = classify_entry_failure(failure.code, failure.sender_fault)
+            if kind is ErrorKind.PERMANENT:
                 rejected.append(DeadLetter(remaining.pop(id_), failure.code, failure.message, now))
+            elif kind is ErrorKind.SYSTEMIC:
+                systemic.add(failure.code)
         self._settled(accepted, rejected, result)
+        if systemic:
+            # As for a whole request refused so: the breaker holds every entry not yet accepted.
+            metrics.PUBLISH_REQUESTS.labels("unavailable").inc()
+            raise SnsUnavailable(
+                f"SNS refused entries: {', '.join(sorted(systemic))}", list(remaining.values())
+            )
         if remaining:
             metrics.PUBLISH_REQUESTS.labels("partial").inc()
             codes = sorted(

@@ -232,7 +232,16 @@ def _code_and_status(exc: ClientError) -> tuple[str, int]:
 
 
 def classify_entry_failure(code: str, sender_fault: bool) -> ErrorKind:
-    """Classify one failed PublishBatch entry: retry unless the sender is at fault (FACTS §2)."""
+    """Classify one failed PublishBatch entry: retry unless the sender is at fault (FACTS §2).
+
+    A code that says the topic, its KMS key, the permissions or the credentials are wrong is
+    SYSTEMIC here as it is for a whole request, whatever SenderFault says: AWS does not list
+    the per-entry codes, and should SNS ever report a disabled key entry by entry, dead-lettering
+    every event until someone noticed would turn an outage into a replay job. Kept behind the
+    breaker instead, they are published once the key or the policy is fixed.
+    """
+    if code in _SYSTEMIC_CODES:
+        return ErrorKind.SYSTEMIC
     if not sender_fault or code in _ENTRY_RETRY_CODES:
         return ErrorKind.TRANSIENT
     return ErrorKind.PERMANENT
@@ -262,7 +271,8 @@ class EntryFailure:
 
     @property
     def kind(self) -> ErrorKind:
-        """TRANSIENT (send it again) or PERMANENT (dead-letter it)."""
+        """TRANSIENT (send it again), SYSTEMIC (hold it behind the breaker) or PERMANENT
+        (dead-letter it)."""
         return classify_entry_failure(self.code, self.sender_fault)
 
 

@@ -501,6 +501,35 @@ def test_a_rejected_code_without_sender_fault_is_retried(rig_for: Callable[..., 
     assert (result.published, result.dead_lettered) == (2, 0)
 
 
+def test_an_entry_refused_for_the_topic_or_its_key_is_held_not_dead_lettered(
+    rig_for: Callable[..., Rig],
+) -> None:
+    """A per-entry KMSDisabled or AuthorizationError says the topic's key or the permissions
+    are wrong, not the event: SnsUnavailable carries it and the later batches, without a retry
+    of the request; an entry refused for itself in the same answer is still dead-lettered, and
+    the accepted ones are settled."""
+    bundle = events(15)
+    rig = rig_for(
+        failing(
+            {
+                "e1": ("KMSDisabled", True),
+                "e4": ("InvalidParameter", True),
+                "e6": ("AuthorizationError", True),
+            }
+        )
+    )
+    metrics = watch_all()
+    with pytest.raises(SnsUnavailable, match="AuthorizationError, KMSDisabled") as caught:
+        rig.publisher.publish(bundle)
+    assert len(rig.gateway.calls) == 1
+    assert ids(caught.value.remaining) == ["e1", "e6", *ids(bundle[10:])]
+    assert [letter.event for letter in rig.dead_letters.get(["e4"])] == [bundle[4]]
+    assert rig.dead_letters.depth() == 1
+    assert metrics.delta("relay_events_published_total") == 7
+    assert metrics.delta("relay_publish_requests_total", outcome="unavailable") == 1
+    assert metrics.delta("relay_publish_retries_total") == 0
+
+
 def test_entries_missing_from_the_response_are_retried(rig_for: Callable[..., Rig]) -> None:
     """An entry SNS lists neither as successful nor failed is treated as transient and re-sent."""
     rig = rig_for(failing({}, missing=("e1",)))

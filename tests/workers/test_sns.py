@@ -467,10 +467,18 @@ def test_invalid_entry_id_is_a_relay_bug_caught_by_botocore() -> None:
         ("ServiceUnavailable", True, ErrorKind.TRANSIENT),
         ("SomethingNew", False, ErrorKind.TRANSIENT),
         (MISSING_FROM_RESPONSE, False, ErrorKind.TRANSIENT),
+        ("KMSDisabled", True, ErrorKind.SYSTEMIC),
+        ("KMSAccessDenied", False, ErrorKind.SYSTEMIC),
+        ("KMSNotFound", True, ErrorKind.SYSTEMIC),
+        ("AuthorizationError", True, ErrorKind.SYSTEMIC),
+        ("NotFound", True, ErrorKind.SYSTEMIC),
+        ("KMSInvalidState", True, ErrorKind.PERMANENT),
     ],
 )
 def test_entry_failure_classification(code: str, sender_fault: bool, kind: ErrorKind) -> None:
-    """An entry is retried when SNS is at fault or the code is throttling/internal, else not."""
+    """An entry is retried when SNS is at fault or the code is throttling/internal; a code that
+    says the topic, key or permissions are wrong is systemic, as for a whole request; the rest
+    are permanent."""
     assert classify_entry_failure(code, sender_fault) is kind
 
 
