@@ -127,6 +127,56 @@ return {}
 )
 
 
+DRAIN_WHEN_FULL_FLAG = "#!lua flags=allow-oom\n"
+"""Declares a script that may write when Redis is at `maxmemory` (Redis 7 and Valkey)."""
+
+
+class DrainScript:
+    """A Lua script the workers need to drain the queue, run even when Redis is full.
+
+    Every dramatiq fetch and acknowledgement writes (the heartbeat first), and so does a settle.
+    With `maxmemory-policy noeviction`, a Redis at `maxmemory` refused them all: the workers
+    stalled on the very backlog whose publishing frees the memory, until someone raised
+    `maxmemory`. Redis 7 and Valkey run a script declared with DRAIN_WHEN_FULL_FLAG anyway, and
+    what these scripts write (a heartbeat, ids moving between sets, markers) is small beside
+    what their acks and settles delete. Producers' scripts carry no flag: a full Redis still
+    refuses new events.
+
+    A server older than Redis 7 cannot compile the flag line; the first call it refuses so
+    falls back, for good, to the plain script (and to the stall, on that server). Called as
+    redis-py's Script is: `script(keys=..., args=...)`.
+    """
+
+    def __init__(self, client: redis.Redis, source: str | bytes) -> None:
+        text = source.decode() if isinstance(source, bytes) else source
+        self._plain = client.register_script(text)
+        self._flagged = client.register_script(DRAIN_WHEN_FULL_FLAG + text)
+        self._script = self._flagged
+
+    @property
+    def flagged(self) -> bool:
+        """False once the server has refused the flag line (older than Redis 7)."""
+        return self._script is self._flagged
+
+    def __call__(
+        self, keys: Sequence[Any] = (), args: Sequence[Any] = (), client: Any = None
+    ) -> Any:
+        try:
+            return self._script(keys=keys, args=args, client=client)
+        except redis.exceptions.ResponseError as exc:
+            if not self.flagged or not _flag_line_refused(exc):
+                raise
+        self._script = self._plain
+        return self._script(keys=keys, args=args, client=client)
+
+
+def _flag_line_refused(exc: redis.exceptions.ResponseError) -> bool:
+    """Redis 6 failing to compile `#!lua ...` as Lua ("unexpected symbol near '#'"), or a
+    server that knows shebangs but not this flag."""
+    text = str(exc)
+    return "near '#'" in text or "shebang" in text.lower()
+
+
 SCRIPT_COMMAND_MAX_VALUES = 1_000
 """Values one recorded command may carry: Lua's unpack takes at most about 8,000, so a command
 with more (an LPUSH of every drop record of a huge array) would fail its script every time."""

@@ -19,6 +19,7 @@ from relay.keys import DROPPED_LOG_MAX_ENTRIES, Keys
 from relay.queue import (
     WRITE_DONE_TTL_S,
     CommandRecorder,
+    DrainScript,
     as_text,
     command_chunks,
     translate_redis_errors,
@@ -71,7 +72,7 @@ class RelayStore:
     def __init__(self, client: redis.Redis, keys: Keys) -> None:
         self.client = client
         self.keys = keys
-        self._settle = client.register_script(_SETTLE_LUA)
+        self._settle = DrainScript(client, _SETTLE_LUA)  # workers settle even when Redis is full
 
     def record_drops(
         self, events: Sequence[Event], reason: str, limit_bytes: int, *, pipe: Any = None

@@ -25,9 +25,11 @@ from relay.queue import (
     BUNDLE_MAX_BYTES,
     BUNDLE_MAX_EVENTS,
     CHECK_AND_WRITE_LUA,
+    DRAIN_WHEN_FULL_FLAG,
     SCRIPT_COMMAND_MAX_VALUES,
     BundleWriter,
     CommandRecorder,
+    DrainScript,
     bundle_message,
     bundles,
     redis_client,
@@ -513,3 +515,66 @@ def test_a_command_too_long_for_the_script_is_refused_when_recorded() -> None:
     with pytest.raises(ValueError, match=f"HDEL of {SCRIPT_COMMAND_MAX_VALUES + 1} values"):
         commands.hdel("key", *range(SCRIPT_COMMAND_MAX_VALUES))
     assert commands.args[:2] == [SCRIPT_COMMAND_MAX_VALUES + 1, "HDEL"]
+
+
+# --- scripts the workers run when Redis is full -----------------------------------------------
+
+
+class _ScriptStub:
+    """A registered script that answers `reply` or raises it, counting its calls."""
+
+    def __init__(self, source: str, reply: Any) -> None:
+        self.source = source
+        self.reply = reply
+        self.calls = 0
+
+    def __call__(self, keys: Any = (), args: Any = (), client: Any = None) -> Any:
+        self.calls += 1
+        if isinstance(self.reply, Exception):
+            raise self.reply
+        return self.reply
+
+
+class _ClientStub:
+    """What DrainScript asks of a client: register_script, answering per source."""
+
+    def __init__(self, flagged_reply: Any) -> None:
+        self.flagged_reply = flagged_reply
+        self.scripts: list[_ScriptStub] = []
+
+    def register_script(self, source: str) -> _ScriptStub:
+        flagged = source.startswith(DRAIN_WHEN_FULL_FLAG)
+        script = _ScriptStub(source, self.flagged_reply if flagged else "plain")
+        self.scripts.append(script)
+        return script
+
+
+def test_a_drain_script_is_declared_allow_oom_on_a_server_that_knows_flags(
+    redis_client: redis.Redis,
+) -> None:
+    script = DrainScript(redis_client, b"return redis.call('ping')")
+    assert script() == b"PONG"
+    assert script.flagged
+
+
+def test_a_drain_script_falls_back_to_the_plain_script_on_a_server_before_redis_7() -> None:
+    """Redis 6 cannot compile the flag line as Lua: the script runs plain from then on."""
+    refused = redis.exceptions.ResponseError(
+        "Error compiling script (new function): user_script:1: unexpected symbol near '#'"
+    )
+    client = _ClientStub(refused)
+    script = DrainScript(client, "return 1")
+    plain, flagged = client.scripts
+    assert script(keys=["k"], args=[1]) == "plain"
+    assert script(keys=["k"], args=[1]) == "plain"
+    assert not script.flagged
+    assert (flagged.calls, plain.calls) == (1, 2)
+
+
+def test_a_drain_script_raises_what_the_script_itself_raised() -> None:
+    """Only the flag line's refusal falls back; an error of the script is the caller's."""
+    client = _ClientStub(redis.exceptions.ResponseError("WRONGTYPE Operation against a key"))
+    script = DrainScript(client, "return 1")
+    with pytest.raises(redis.exceptions.ResponseError, match="WRONGTYPE"):
+        script()
+    assert script.flagged

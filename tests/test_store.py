@@ -13,6 +13,8 @@ import pytest
 import redis
 
 from relay import store as store_module
+from relay.embedded import start_server
+from relay.errors import QueueUnavailable
 from relay.event import Event, make_event
 from relay.keys import ACTOR_NAME, QUEUE_NAME, Keys
 from relay.queue import CHECK_AND_WRITE_LUA, BundleWriter
@@ -153,6 +155,25 @@ def test_settle_takes_a_bundles_events_off_the_pending_count(
     assert store.settle(bundle, 5) == 5
     assert store.pending_events() == 0
     assert not redis_client.hexists(keys.pending_bundles, bundle)
+
+
+def test_a_settle_runs_when_redis_is_at_its_maxmemory(keys: Keys) -> None:
+    """A full Redis (noeviction) refuses new events but not the settle that frees their room:
+    the workers can drain the backlog that filled it."""
+    server = start_server({"maxmemory-policy": "noeviction"})
+    client = redis.Redis.from_url(server.connection_url)
+    try:
+        bundle = write_bundle(client, keys, 5)
+        client.config_set("maxmemory", "1")
+        with pytest.raises(QueueUnavailable, match="OutOfMemoryError"):
+            BundleWriter(client, keys).write([events("late", 1)])
+        store = RelayStore(client, keys)
+        assert store.settle(bundle, 5, totals={"published": 5}) == 5
+        assert store.pending_events() == 0
+        assert store.totals() == {"published": 5}
+    finally:
+        client.close()
+        server.stop()
 
 
 def test_settling_the_same_bundle_twice_takes_nothing_more(

@@ -27,7 +27,7 @@ from dramatiq.middleware import CurrentMessage, Retries, TimeLimit
 
 from relay.errors import QueueUnavailable
 from relay.keys import QUEUE_NAME, Keys
-from relay.queue import REFUSED_WRITES, as_text, redis_client, refused_access
+from relay.queue import REFUSED_WRITES, DrainScript, as_text, redis_client, refused_access
 from relay.settings import Settings
 from relay.store import RelayStore
 
@@ -59,6 +59,11 @@ class RelayRedisBroker(RedisBroker):
 
     def __init__(self, *, idle_poll_ms: int | None = None, **kwargs: Any) -> None:
         super().__init__(**kwargs)
+        # dramatiq's fetch, ack and heartbeat script, declared to run when Redis is full, so a
+        # backlog that filled Redis can still be drained (relay.queue.DrainScript).
+        source = self.scripts["dispatch"].script
+        assert isinstance(source, str | bytes), "dramatiq reads its Lua scripts from files"
+        self.scripts["dispatch"] = DrainScript(self.client, source)
         self.keys = Keys(self.namespace)
         self.idle_poll_ms = idle_poll_ms
         self.access_refusal_said = False

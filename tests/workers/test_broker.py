@@ -1,10 +1,11 @@
 """workers.broker against a real Valkey refusing writes, and dramatiq's own dead letters.
 
-Redis at its `maxmemory` refuses every write with OutOfMemoryError (and a replica after a
-failover with ReadOnlyError): a ResponseError to redis-py, not a connection error. Every
-dramatiq dispatch writes (its heartbeat first), so each must be survived and retried as a
+Redis at its `maxmemory` refuses plain writes with OutOfMemoryError, and a replica after a
+failover refuses every write with ReadOnlyError: a ResponseError to redis-py, not a connection
+error. dramatiq's dispatch script (fetch, ack, heartbeat) is declared allow-oom, so a full Redis
+still takes it, but a read-only one does not; every refusal must be survived and retried as a
 connection error is, never lose a bundle, strand one, or stop a consumer thread. These tests
-set `maxmemory` on a Valkey of their own.
+set `maxmemory`, or make a replica, of a Valkey of their own.
 """
 
 from __future__ import annotations
@@ -29,7 +30,7 @@ from relay.keys import ACTOR_NAME, QUEUE_NAME, Keys
 from relay.queue import BundleWriter, bundle_message
 from relay.settings import Settings
 from relay.store import RelayStore
-from tests.helpers import poll_until
+from tests.helpers import free_port, poll_until
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -103,6 +104,15 @@ def memory_full_for(client: redis.Redis, seconds: float) -> threading.Timer:
     return timer
 
 
+def read_only_for(client: redis.Redis, seconds: float) -> threading.Timer:
+    """Redis refuses every write, scripts declared allow-oom included, from now until `seconds`
+    from now: a replica of a master that never answers, as after a failover."""
+    client.replicaof("127.0.0.1", str(free_port()))
+    timer = threading.Timer(seconds, client.replicaof, ("NO", "ONE"))
+    timer.start()
+    return timer
+
+
 def test_a_retry_enqueue_refused_for_memory_is_tried_until_redis_takes_it(
     relay: Any, client: redis.Redis, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -122,17 +132,37 @@ def test_a_retry_enqueue_refused_for_memory_is_tried_until_redis_takes_it(
     assert RelayStore(client, keys).pending_events() == 1
 
 
-def test_an_ack_refused_for_memory_is_a_connection_error_dramatiq_retries(
+def test_a_full_redis_still_takes_the_workers_fetches_and_acks(
+    relay: Any, client: redis.Redis
+) -> None:
+    """At `maxmemory` a worker still fetches (a heartbeat is written first) and acks: dramatiq's
+    dispatch script is declared allow-oom, so a backlog that filled Redis can be drained."""
+    broker, keys = relay
+    client.config_set("maxmemory", "1")  # every plain write refused from here on
+    with pytest.raises(redis.exceptions.OutOfMemoryError):
+        client.set("anything", "x")
+    consumer, proxy = fetch_one(broker)
+    consumer.ack(proxy)
+    ack_set = keys.ack_set(broker.broker_id, QUEUE_NAME)
+    assert client.smembers(ack_set) == set()
+    assert stored_message_ids(client, keys) == []
+    assert broker.scripts["dispatch"].flagged
+
+
+def test_an_ack_refused_by_a_read_only_replica_is_a_connection_error_dramatiq_retries(
     relay: Any, client: redis.Redis
 ) -> None:
     """dramatiq retries an ack that fails with a connection error (every 5 s, until it
-    succeeds); any other error it logs and drops, stranding the bundle in a live process."""
+    succeeds); any other error it logs and drops, stranding the bundle in a live process. A
+    replica after a failover refuses every write, allow-oom or not."""
     broker, keys = relay
     consumer, proxy = fetch_one(broker)
-    client.config_set("maxmemory", "1")
-    with pytest.raises(dramatiq.errors.BrokerConnectionError):
-        consumer.ack(proxy)
-    client.config_set("maxmemory", "0")
+    client.replicaof("127.0.0.1", str(free_port()))  # a master that never answers: read-only
+    try:
+        with pytest.raises(dramatiq.errors.BrokerConnectionError):
+            consumer.ack(proxy)
+    finally:
+        client.replicaof("NO", "ONE")
     consumer.ack(proxy)  # dramatiq's retry
     ack_set = keys.ack_set(broker.broker_id, QUEUE_NAME)
     assert client.smembers(ack_set) == set()
@@ -142,8 +172,9 @@ def test_an_ack_refused_for_memory_is_a_connection_error_dramatiq_retries(
 def test_the_delay_queue_consumer_survives_redis_refusing_writes(
     relay: Any, client: redis.Redis
 ) -> None:
-    """Full Redis while the delay queue's consumer holds a delayed retry: its thread outlives
-    the refusals, and nothing is left stranded in this process's ack set once Redis has room."""
+    """Redis refusing writes while the delay queue's consumer holds a delayed retry: its thread
+    outlives the refusals, and nothing is left stranded in this process's ack set once Redis
+    takes writes again."""
     broker, keys = relay
     broker.enqueue(
         bundle_message([Event("ev-2", '{"type":"x"}', {"type": "x"}, 1.0)]), delay=60_000
@@ -158,7 +189,7 @@ def test_the_delay_queue_consumer_survives_redis_refusing_writes(
     thread.start()
     try:
         poll_until(lambda: bool(broker.held.get(DELAY_QUEUE)), 5.0, what="the delayed retry held")
-        timer = memory_full_for(client, 2.0)
+        timer = read_only_for(client, 2.0)
         timer.join()
         # dramatiq restarts a failed consumer after 3 s; by then its successor holds it again
         poll_until(

@@ -32,7 +32,7 @@ from relay.event import Event, make_event
 from relay.keys import Keys
 from relay.logs import SECRET_LOGGING_LIBRARIES
 from relay.producer import Producer
-from relay.queue import BundleWriter
+from relay.queue import DRAIN_WHEN_FULL_FLAG, BundleWriter
 from relay.settings import Settings
 from relay.store import RelayStore
 from tests.conftest import TOPIC_ARN
@@ -981,7 +981,7 @@ def test_actor_writes_the_bundles_totals_with_its_settle_in_one_script(
 
     monkeypatch.setattr(redis.commands.core.Script, "__call__", spy)
     setup.module.publish_bundle.fn(setup.wires)
-    assert scripts == [store_module._SETTLE_LUA]
+    assert scripts == [DRAIN_WHEN_FULL_FLAG + store_module._SETTLE_LUA]
     assert setup.rig.store.totals() == {"published": 15}
     assert setup.rig.store.pending_events() == 0
 
