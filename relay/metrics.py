@@ -63,8 +63,8 @@ TOPIC_MAX_MESSAGE_BYTES = Gauge(
 class QueueCollector(Collector):
     """Fleet-wide queue gauges read from Redis at scrape time.
 
-    `stats` is a callable returning a mapping with pending_events, oldest_age_s and
-    dead_letters (see relay.stats); a Redis failure leaves the gauges out of that scrape
+    `stats` is a callable returning a mapping with pending_events, oldest_age_s, dead_letters
+    and dead_bundles (see relay.stats); a Redis failure leaves the gauges out of that scrape
     rather than failing it, so the rest of the metrics still arrive.
     """
 
@@ -86,6 +86,11 @@ class QueueCollector(Collector):
         )
         yield GaugeMetricFamily(
             "relay_dead_letter_depth", "Events in dead letters.", value=stats["dead_letters"]
+        )
+        yield GaugeMetricFamily(
+            "relay_dead_bundles",
+            "Bundles in dramatiq's own dead letters (a relay bug), deleted 7 days after arriving.",
+            value=stats["dead_bundles"],
         )
 
 

@@ -262,6 +262,7 @@ def test_worker_metrics_count_every_published_event(delivery: Delivery) -> None:
     assert sample_value(delivery.metrics, "relay_events_published_total") == len(delivery.sent)
     assert sample_value(delivery.metrics, "relay_queue_depth_events") == 0
     assert sample_value(delivery.metrics, "relay_dead_letter_depth") == 0
+    assert sample_value(delivery.metrics, "relay_dead_bundles") == 0
     ok_requests = sample_value(delivery.metrics, "relay_publish_requests_total", {"outcome": "ok"})
     assert ok_requests is not None
     assert 0 < ok_requests <= len(delivery.sent)

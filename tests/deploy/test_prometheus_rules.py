@@ -232,7 +232,7 @@ def known_sample_names() -> set[str]:
                         for suffix in ("_bucket", "_count", "_sum", "_created")
                     )
     collector = metrics.QueueCollector(
-        lambda: {"pending_events": 0, "oldest_age_s": 0.0, "dead_letters": 0}
+        lambda: {"pending_events": 0, "oldest_age_s": 0.0, "dead_letters": 0, "dead_bundles": 0}
     )
     names.update(family.name for family in collector.collect())
     return names

