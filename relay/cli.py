@@ -298,7 +298,7 @@ def _parse_age(text: str | None) -> float | None:
 
 @main.group()
 def dlq() -> None:
-    """Dead letters: events SNS rejected for themselves."""
+    """Dead letters: events SNS rejected for themselves; and dead bundles, failed by a bug."""
 
 
 def _dead_letters(settings: Settings) -> Any:
@@ -432,6 +432,98 @@ def dlq_replay(
             f"{len(letters) - replayed} were no longer dead letters when their turn came "
             "(replayed or purged by another command meanwhile) and were left alone"
         )
+
+
+def _dead_bundles(settings: Settings) -> Any:
+    from relay.dead_bundles import DeadBundles
+    from relay.keys import Keys
+    from relay.queue import redis_client
+
+    return DeadBundles(
+        redis_client(settings.require_redis_url(), settings), Keys(settings.namespace)
+    )
+
+
+@dlq.command("bundles")
+@click.option("--json", "as_json", is_flag=True)
+@handles_redis_down
+def dlq_bundles(as_json: bool) -> None:
+    """List dead bundles: bundles a relay bug failed, in dramatiq's own dead letters."""
+    found = _dead_bundles(settings_or_exit()).list()
+    if as_json:
+        click.echo(
+            json.dumps(
+                [
+                    {
+                        "bundle_id": dead.redis_id,
+                        "dead_at_s": dead.dead_at_s,
+                        "events": len(dead.events),
+                        "event_ids": [event.id for event in dead.events],
+                        "problem": dead.problem,
+                    }
+                    for dead in found
+                ],
+                indent=2,
+            )
+        )
+        return
+    table = Table(title=f"dead bundles ({len(found)}; dramatiq deletes each 7 days after)")
+    table.add_column("bundle id", overflow="fold")
+    for column in ("events", "dead since", "problem"):
+        table.add_column(column)
+    for dead in found:
+        table.add_row(
+            escape(dead.redis_id),
+            str(len(dead.events)),
+            time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(dead.dead_at_s)),
+            escape(dead.problem or ""),
+        )
+    Console().print(table)
+
+
+@dlq.command("requeue-bundles")
+@click.argument("bundle_ids", nargs=-1)
+@click.option("--all", "requeue_all", is_flag=True, help="Requeue every dead bundle.")
+@handles_redis_down
+def dlq_requeue_bundles(bundle_ids: tuple[str, ...], requeue_all: bool) -> None:
+    """Queue the events of dead bundles again, once the bug that failed them is fixed.
+
+    Exit 1 when a bundle asked for cannot be read as one (the others are requeued).
+    """
+    from relay.keys import Keys
+    from relay.queue import BundleWriter
+
+    if bool(bundle_ids) == requeue_all:
+        fail("give bundle ids, or --all", EXIT_USAGE)
+    settings = settings_or_exit()
+    store = _dead_bundles(settings)
+    found = store.list()
+    if not requeue_all:
+        by_id = {dead.redis_id: dead for dead in found}
+        missing = sorted(set(bundle_ids) - by_id.keys())
+        if missing:
+            fail(f"no dead bundle with id {', '.join(missing)}", EXIT_PROBLEM)
+        found = [by_id[bundle_id] for bundle_id in dict.fromkeys(bundle_ids)]
+    writer = BundleWriter(store.client, Keys(settings.namespace))
+    requeued = events = gone = 0
+    unreadable = [dead for dead in found if dead.problem is not None]
+    for dead in found:
+        if dead.problem is None:
+            if store.requeue(dead, writer):
+                requeued += 1
+                events += len(dead.events)
+            else:
+                gone += 1
+    click.echo(f"requeued {requeued} dead bundles ({events} events)")
+    if gone:
+        click.echo(
+            f"{gone} were no longer dead bundles when their turn came (requeued by another "
+            "command, or deleted by dramatiq) and were left alone"
+        )
+    for dead in unreadable:
+        click.echo(f"left alone {dead.redis_id}: {dead.problem}")
+    if unreadable:
+        sys.exit(EXIT_PROBLEM)
 
 
 REPLAY_MAX_PER_WRITE = 1_000

