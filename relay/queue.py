@@ -135,9 +135,9 @@ class DrainScript:
     """A Lua script the workers need to drain the queue, run even when Redis is full.
 
     Every dramatiq fetch and acknowledgement writes (the heartbeat first), and so does a settle.
-    With `maxmemory-policy noeviction`, a Redis at `maxmemory` refused them all: the workers
-    stalled on the very backlog whose publishing frees the memory, until someone raised
-    `maxmemory`. Redis 7 and Valkey run a script declared with DRAIN_WHEN_FULL_FLAG anyway, and
+    With `maxmemory-policy noeviction`, a Redis at `maxmemory` refuses such scripts: the
+    workers would stall on the very backlog whose publishing frees the memory, until someone
+    raised `maxmemory`. Redis 7 and Valkey run a script declared with DRAIN_WHEN_FULL_FLAG, and
     what these scripts write (a heartbeat, ids moving between sets, markers) is small beside
     what their acks and settles delete. Producers' scripts carry no flag: a full Redis still
     refuses new events.

@@ -10,6 +10,8 @@
   of memory, read-only), become dramatiq's ConnectionClosed, which the consumer thread survives
   (and after which dramatiq retries an ack or nack), instead of killing it.
 - L4: an undecodable message is moved to dramatiq's dead letters instead of wedging the consumer.
+- Full Redis: dramatiq's dispatch script (fetch, ack, heartbeat) is declared allow-oom
+  (relay.queue.DrainScript), so workers drain a backlog that filled Redis to its maxmemory.
 """
 
 from __future__ import annotations
