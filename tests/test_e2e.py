@@ -413,87 +413,68 @@ def test_event_sns_rejects_for_itself_is_dead_lettered_then_replayed(
     assert letters.depth() == 0
 
 
-def test_auth_failure_keeps_events_waiting_and_they_all_arrive_once_it_is_fixed(
-    local_sns: LocalSnsServer, make_settings: Callable[..., Settings], tmp_path: Path
+@pytest.mark.parametrize(
+    ("fault", "code", "all_held"),
+    [
+        pytest.param({"mode": "auth"}, "AuthorizationError", True, id="request-authorization"),
+        pytest.param(
+            {"mode": "entry_failure", "code": "KMSDisabled", "sender_fault": True},
+            "KMSDisabled",
+            False,
+            id="entries-kms-disabled",
+        ),
+    ],
+)
+def test_events_refused_for_the_topic_wait_and_all_arrive_once_it_is_fixed(
+    local_sns: LocalSnsServer,
+    make_settings: Callable[..., Settings],
+    tmp_path: Path,
+    fault: dict[str, Any],
+    code: str,
+    all_held: bool,
 ) -> None:
-    """While SNS answers AuthorizationError nothing is published or dead-lettered and the events
-    wait in Redis; once the credentials work again, the worker's retries deliver every one."""
-    # Given SNS refusing every publish for authorization
-    topic = local_sns.state.create_topic("auth-fault", REGION, {})
+    """SNS refusing the whole request for authorization, or every other entry of a batch for a
+    disabled KMS key (SenderFault true), is the topic's fault, not the events': nothing is
+    dead-lettered, the refused events wait in Redis, and once SNS takes them again the worker's
+    retries deliver every event exactly once."""
+    # Given SNS refusing publishes (all, or entry by entry) with `code`
+    topic = local_sns.state.create_topic(f"refusing-{code}", REGION, {})
     settings = make_settings(sns_topic_arn=topic.arn)
     store = store_for(settings)
     letters = DeadLetters(store.client, store.keys)
-    local_sns.set_fault("auth")
+    local_sns.set_fault(**fault)
     bodies = [f'{{"type":"message.new","n":{n},"text":"attendre ⏳"}}' for n in range(8)]
     with relay_worker(worker_variables(settings, local_sns.url), tmp_path):
-        # When events are sent and the worker has tried at least twice (a dramatiq retry)
+        # When events are sent and SNS has refused at least twice (a dramatiq retry)
         with Producer(settings) as producer:
             report = producer.send_many(bodies)
         assert report.enqueued == len(bodies)
         poll_until(
-            lambda: local_sns.stats()["rejected"].get("AuthorizationError", 0) >= 2,
+            lambda: local_sns.stats()["rejected"].get(code, 0) >= 2,
             DELIVERY_TIMEOUT_S,
-            what="two rejected publish attempts",
+            what="two refusals",
         )
-        # Then they all wait: none published, none dead-lettered, none dropped
+        # Then the refused ones wait: none dead-lettered, none dropped
         figures = stats_json(settings)
-        assert figures["pending_events"] == len(bodies)
+        assert figures["pending_events"] > 0
+        if all_held:
+            assert figures["pending_events"] == len(bodies)
+            assert local_sns.stats()["published"] == 0
+        else:  # the entries SNS accepted are published meanwhile
+            assert local_sns.stats()["published"] > 0
         assert figures["dead_letters"] == 0
         assert figures["dead_bundles"] == 0
         assert figures["dropped"] == {}
-        assert local_sns.stats()["published"] == 0
         # When the fault is cleared
         local_sns.set_fault("none")
         # Then every event arrives, once, and nothing is left waiting
         local_sns.wait_for_published(len(bodies), timeout_s=DELIVERY_TIMEOUT_S)
         poll_until(lambda: store.pending_events() == 0, 10.0, what="nothing pending")
-    received = {
-        message["attributes"]["event_id"]["StringValue"]: message["body"]
-        for message in local_sns.messages()
-    }
-    assert received == {o.event_id: bodies[o.index] for o in report.outcomes}
-    assert letters.depth() == 0
-    assert store.dramatiq_dead_bundles() == 0
-
-
-def test_entries_refused_for_a_disabled_kms_key_wait_and_arrive_once_it_is_enabled(
-    local_sns: LocalSnsServer, make_settings: Callable[..., Settings], tmp_path: Path
-) -> None:
-    """SNS failing entries one by one with KMSDisabled (SenderFault true) is the topic's key,
-    not the events: nothing is dead-lettered, the refused events wait, and once the key works
-    every event arrives exactly once."""
-    # Given SNS refusing half of every batch's entries for a disabled key
-    topic = local_sns.state.create_topic("kms-disabled", REGION, {})
-    settings = make_settings(sns_topic_arn=topic.arn)
-    store = store_for(settings)
-    letters = DeadLetters(store.client, store.keys)
-    local_sns.set_fault("entry_failure", code="KMSDisabled", sender_fault=True)
-    bodies = [f'{{"type":"message.new","n":{n},"text":"clé ⚿"}}' for n in range(8)]
-    with relay_worker(worker_variables(settings, local_sns.url), tmp_path):
-        # When events are sent and SNS has refused entries at least twice
-        with Producer(settings) as producer:
-            report = producer.send_many(bodies)
-        assert report.enqueued == len(bodies)
-        poll_until(
-            lambda: local_sns.stats()["rejected"].get("KMSDisabled", 0) >= 2,
-            DELIVERY_TIMEOUT_S,
-            what="two refused entries",
-        )
-        # Then the refused ones wait: none dead-lettered, none dropped
-        figures = stats_json(settings)
-        assert 0 < figures["pending_events"] <= len(bodies)
-        assert figures["dead_letters"] == 0
-        assert figures["dead_bundles"] == 0
-        assert figures["dropped"] == {}
-        # When the key works again
-        local_sns.set_fault("none")
-        # Then every event arrives, once, and nothing is left waiting
-        local_sns.wait_for_published(len(bodies), timeout_s=DELIVERY_TIMEOUT_S)
-        poll_until(lambda: store.pending_events() == 0, 10.0, what="nothing pending")
     received = [
-        message["attributes"]["event_id"]["StringValue"] for message in local_sns.messages()
+        (message["attributes"]["event_id"]["StringValue"], message["body"])
+        for message in local_sns.messages()
     ]
-    assert sorted(received) == sorted(outcome.event_id for outcome in report.outcomes)
+    assert sorted(received) == sorted((o.event_id, bodies[o.index]) for o in report.outcomes)
     assert letters.depth() == 0
     assert store.dramatiq_dead_bundles() == 0
 
