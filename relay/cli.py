@@ -252,7 +252,11 @@ def stats(as_json: bool) -> None:
     table.add_row("bundles queued", str(figures["queued_bundles"]))
     table.add_row("oldest waiting", "-" if age is None else f"{age:.1f} s")
     table.add_row("dead letters", str(figures["dead_letters"]))
-    table.add_row("dead bundles (relay bugs)", str(figures["dead_bundles"]))
+    dead_bundles = figures["dead_bundles"]
+    table.add_row(
+        "dead bundles (relay bugs)",
+        f"{dead_bundles}: see `relay dlq bundles`" if dead_bundles else "0",
+    )
     breakers = figures["open_breakers"]
     table.add_row(
         "SNS circuit",

@@ -328,14 +328,18 @@ def test_a_dead_message_that_is_no_bundle_is_listed_with_why_and_never_requeued(
 def test_relay_dlq_requeue_bundles_requeues_the_readable_and_says_which_it_left(
     relay: Any, client: redis.Redis, own_valkey: ValkeyServer
 ) -> None:
-    """The CLI: `dlq bundles --json` lists both, `requeue-bundles --all` requeues the bundle,
-    names the unreadable one and exits 1; an unknown id is refused before anything is done."""
+    """The CLI: `stats` points at `dlq bundles`, which lists both (`--json`); `requeue-bundles
+    --all` requeues the bundle, names the unreadable one and exits 1; an unknown id is refused
+    before anything is done."""
     broker, keys = relay
     dead_bundle(broker)
     client.zadd(keys.dramatiq_dead_letters, {"not-json": 1_000_000})
     client.hset(keys.dramatiq_dead_messages, "not-json", b"\xff{not json")
     env = {"RELAY_REDIS_URL": own_valkey.connection_url, "RELAY_NAMESPACE": keys.namespace}
     runner = CliRunner()
+    stats_output = runner.invoke(main, ["stats"], env=env)
+    assert stats_output.exit_code == EXIT_OK, stats_output.output
+    assert "2: see `relay dlq bundles`" in stats_output.stdout
     listed = runner.invoke(main, ["dlq", "bundles", "--json"], env=env)
     assert listed.exit_code == EXIT_OK, listed.output
     rows = json.loads(listed.stdout)
