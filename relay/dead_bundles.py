@@ -49,12 +49,12 @@ class DeadBundles:
         self.client = client
         self.keys = keys
 
-    def list(self, limit: int | None = None) -> list[DeadBundle]:
-        """Dead bundles, oldest first (at most `limit`). Raises QueueUnavailable."""
-        stop = -1 if limit is None else limit - 1
+    def list(self) -> list[DeadBundle]:
+        """Every dead bundle, oldest first (they are few: each is a bug). Raises
+        QueueUnavailable."""
         with translate_redis_errors(self.client, writes=False):
             entries: list[tuple[bytes, float]] = cast(
-                Any, self.client.zrange(self.keys.dramatiq_dead_letters, 0, stop, withscores=True)
+                Any, self.client.zrange(self.keys.dramatiq_dead_letters, 0, -1, withscores=True)
             )
             ids = [as_text(member) for member, _score in entries]
             raws: list[bytes | None] = (
@@ -73,7 +73,8 @@ class DeadBundles:
         if dead.problem is not None:
             raise ValueError(f"dead bundle {dead.redis_id} cannot be read: {dead.problem}")
         commands = CommandRecorder()
-        writer.write([list(dead.events)], pipe=commands)
+        if dead.events:  # a bundle whose every event was settled before it died has none left
+            writer.write([list(dead.events)], pipe=commands)
         commands.hdel(self.keys.dramatiq_dead_messages, dead.redis_id)
         commands.zrem(self.keys.dramatiq_dead_letters, dead.redis_id)
         missing = write_once_if_present(

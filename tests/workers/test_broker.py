@@ -353,3 +353,21 @@ def test_relay_dlq_requeue_bundles_requeues_the_readable_and_says_which_it_left(
     assert "left alone not-json: cannot be decoded" in requeued.stdout
     assert [bundle.redis_id for bundle in DeadBundles(client, keys).list()] == ["not-json"]
     assert RelayStore(client, keys).pending_events() == 1
+
+
+def test_a_dead_bundle_without_events_left_is_requeued_as_nothing(
+    relay: Any, client: redis.Redis
+) -> None:
+    """A bundle whose events were all settled before it died (its arguments trimmed to none)
+    leaves the dead letters without queueing an empty bundle."""
+    _broker, keys = relay
+    message = bundle_message([])
+    client.zadd(keys.dramatiq_dead_letters, {message.options["redis_message_id"]: 2_000_000})
+    client.hset(keys.dramatiq_dead_messages, message.options["redis_message_id"], message.encode())
+    queued_before = client.hlen(keys.queue_messages)
+    dead = DeadBundles(client, keys)
+    (found,) = dead.list()
+    assert (found.events, found.problem) == ((), None)
+    assert dead.requeue(found, BundleWriter(client, keys))
+    assert dead.list() == []
+    assert client.hlen(keys.queue_messages) == queued_before
