@@ -23,6 +23,7 @@ FAULT_ORDER = (
     "worker-Redis TCP connections cut 5 s",
     "SNS throttling storm",
     "SNS down 60 s (refused, 500, 503)",
+    "Redis full (maxmemory) while SNS is down",
     "credentials rejected, then fixed",
     "malformed, oversize and poison inputs",
     "SIGTERM while the breaker holds bundles",
