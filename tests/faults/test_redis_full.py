@@ -76,7 +76,7 @@ def test_a_redis_full_while_sns_is_down_drains_by_itself_once_sns_is_back(
             [load],
             recovered_at - back_at,
             f"full {full_at - down_at:.1f} s after SNS went down, with {backlog:,} events "
-            f"waiting; producers refused {len(load.failures)} times; drained by the same "
+            f"waiting; producer calls refused: {len(load.failures)}; drained by the same "
             "workers, maxmemory unchanged; time to recover from SNS's return",
         )
     )
