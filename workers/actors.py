@@ -6,7 +6,6 @@ process; the broker is configured from the same settings as the producers (FACTS
 
 from __future__ import annotations
 
-import contextlib
 import functools
 import gc
 import os
@@ -176,7 +175,7 @@ def publish_bundle(events: list[Any]) -> None:
             # Redis failing while recording a drop or a dead letter, say: the retry must not
             # publish again what this attempt published, nor count it twice.
             events[:] = [event.to_wire() for event in pending if id(event) not in result.settled]
-            _add_totals(this, totals)
+            this.add_totals(totals)
             raise
         totals.update(result.totals())
         if result.sns_answered:
@@ -193,15 +192,8 @@ def publish_bundle(events: list[Any]) -> None:
         # args list must not send, drop or dead-letter any of them again, only settle.
         events[:] = []
         if not exc.maybe_stored:  # the settle did not run, so neither did its totals
-            _add_totals(this, totals)
+            this.add_totals(totals)
         raise
     except BaseException:
         events[:] = []
         raise
-
-
-def _add_totals(this: Publisher, totals: Counter[str]) -> None:
-    """Best effort: the totals are for `relay stats` only (the metrics and the records are
-    exact), so a Redis blip never fails the bundle for them."""
-    with contextlib.suppress(QueueUnavailable):
-        this.store.add_totals(**totals)

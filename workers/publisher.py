@@ -11,7 +11,7 @@ import contextlib
 import logging
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TypeVar
 
@@ -224,12 +224,15 @@ class Publisher:
                     raise SnsUnavailable(str(exc), [*exc.remaining, *later]) from exc.__cause__
         finally:
             log_outcomes(result)
-            if record_totals:
-                # One write per bundle, not per batch. The totals are for `relay stats` only
-                # (the metrics and the records are exact): a Redis blip never fails the bundle.
-                with contextlib.suppress(QueueUnavailable):
-                    self.store.add_totals(**result.totals())
+            if record_totals:  # one write per bundle, not per batch
+                self.add_totals(result.totals())
         return result
+
+    def add_totals(self, totals: Mapping[str, int]) -> None:
+        """Add to the fleet-wide totals, best effort: they are for `relay stats` only (the
+        metrics and the records are exact), so a Redis blip never fails the bundle for them."""
+        with contextlib.suppress(QueueUnavailable):
+            self.store.add_totals(**totals)
 
     def _publish_batch(self, batch: Sequence[Event], result: BundleResult) -> None:
         remaining = {str(index): event for index, event in enumerate(batch)}
