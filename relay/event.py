@@ -17,10 +17,13 @@ import orjson
 from relay import limits
 from relay.errors import InvalidEvent
 from relay.ids import uuid4_hex
+from relay.json_text import FieldReader, NotJson
 
 EVENT_ID_ATTRIBUTE = "event_id"
 PAYLOAD_ATTRIBUTES = ("type", "cid", "channel_type", "team")
 """Top-level payload fields copied into String attributes when present (Stream's schema)."""
+PAYLOAD_FIELDS = FieldReader(PAYLOAD_ATTRIBUTES)
+"""Checks an event's JSON text and reads those fields, without building the rest of it."""
 
 MAX_EVENT_ID_CHARS = limits.SNS_MAX_FIFO_ID_CHARS
 """An event id is a valid FIFO MessageDeduplicationId, so it can serve as one."""
@@ -127,7 +130,7 @@ def make_event(
                 "payload holds NaN or an infinity, which JSON cannot represent",
                 event_id=given_id,
             )
-        parsed: Any = payload
+        parsed: Mapping[str, Any] | None = payload
         body = body_bytes.decode("utf-8")
         body_bytes_count: int | None = len(body_bytes)
     else:
@@ -144,10 +147,10 @@ def make_event(
             body = payload
             body_bytes_count = None  # counted once it is known to be valid text
         try:
-            parsed = orjson.loads(body)
-        except orjson.JSONDecodeError as exc:
-            raise InvalidEvent(f"body is not valid JSON: {exc}", event_id=given_id) from None
-    if not isinstance(parsed, Mapping):
+            parsed = PAYLOAD_FIELDS.fields(body)
+        except NotJson as exc:
+            raise InvalidEvent(f"body is not valid JSON: {exc.reason}", event_id=given_id) from None
+    if parsed is None:
         raise InvalidEvent("body must be a JSON object", event_id=given_id)
     attributes = attributes_for(parsed, event_id)
     return Event(

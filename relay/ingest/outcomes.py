@@ -20,7 +20,7 @@ from relay.event import (
     new_event_id,
 )
 from relay.ingest.http import Answer
-from relay.ingest.payload import Body, kind_of
+from relay.ingest.payload import Body
 from relay.limits import message_bytes
 
 
@@ -62,12 +62,11 @@ def split(body: Body, ids: list[str], limit_bytes: int, received_at_s: float) ->
     """Sort the body's elements into stored-to-be, dropped (too large) and invalid."""
     result = Split(limit_bytes, outcomes=[] if body.is_array else None)
     for index, (element, event_id) in enumerate(zip(body.elements, ids, strict=True)):
-        value = element.value
-        if not isinstance(value, dict):
+        if element.fields is None:
             result.invalid += 1
-            _note(result, index, event_id, "invalid", f"not a JSON object but {kind_of(value)}")
+            _note(result, index, event_id, "invalid", f"not a JSON object but {element.kind}")
             continue
-        attributes = attributes_for(value, event_id)
+        attributes = attributes_for(element.fields, event_id)
         size_bytes = message_bytes(element.text, attributes, element.size_bytes)
         event = Event(event_id, element.text, attributes, received_at_s, size_bytes)
         if event.size_bytes > limit_bytes:

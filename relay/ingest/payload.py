@@ -1,26 +1,17 @@
 """What a `POST /events` body holds: one event, or a JSON array of events, each as its raw text.
 
-The body is parsed once (orjson, strict UTF-8 and JSON) and never re-serialized. For an array,
-each element's exact source text is cut out of the body by a scanner that records where the
-top-level elements start and end, so odd whitespace, escapes and key order reach SNS unchanged.
+The body is checked once (strict UTF-8, then strict JSON: relay.json_text) and never
+re-serialized; only the fields SNS attributes are taken from are read out of it. For an array,
+each element's exact source text is cut out of the body, so odd whitespace, escapes and key
+order reach SNS unchanged.
 """
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass
-from typing import Any
 
-import orjson
-
-from relay.limits import utf8_len
-
-JSON_WHITESPACE = " \t\n\r"
-
-# A JSON string (escapes included) or one structural character. Skipping whole strings is what
-# keeps brackets and commas inside them from being taken for structure.
-_TOKEN_RE = re.compile(r'"[^"\\]*(?:\\.[^"\\]*)*"|[\[\]{},]')
-
+from relay.event import PAYLOAD_FIELDS
+from relay.json_text import NotJson, array_elements, kind_of
 
 MAX_ELEMENTS = 10_000
 """The most events one request may carry. Stream posts one event per request; a bigger array is
@@ -46,12 +37,14 @@ class MalformedBody(ValueError):
 
 @dataclass(frozen=True, slots=True)
 class Element:
-    """One event candidate: its exact source text, the text's size in UTF-8 bytes, and its
-    parsed value (maybe not an object)."""
+    """One event candidate: its exact source text, the text's size in UTF-8 bytes, and the
+    top-level fields attributes are taken from (relay.event.PAYLOAD_FIELDS), or None when it is
+    not a JSON object (`kind` says what it is)."""
 
     text: str
     size_bytes: int
-    value: Any
+    fields: dict[str, str | None] | None
+    kind: str = "an object"
 
 
 @dataclass(frozen=True, slots=True)
@@ -70,58 +63,31 @@ def parse_body(raw: bytes) -> Body:
     except UnicodeDecodeError as exc:
         raise MalformedBody(f"body is not UTF-8 (invalid byte at offset {exc.start})") from None
     try:
-        value = orjson.loads(raw)
-    except orjson.JSONDecodeError as exc:
-        raise MalformedBody(f"body is not valid JSON: {exc}") from None
-    if isinstance(value, dict):
-        return Body(False, [Element(text, len(raw), value)])
-    if isinstance(value, list):
-        if len(value) > MAX_ELEMENTS:
-            raise TooManyElements(len(value))
-        texts = element_texts(text)
-        # The scanner runs on text orjson has just accepted, so the counts can only differ
-        # through a bug here; failing loudly beats forwarding a wrong slice.
-        assert len(texts) == len(value), "array scanner disagrees with the JSON parser"
-        return Body(True, [Element(t, utf8_len(t), v) for t, v in zip(texts, value, strict=True)])
-    raise MalformedBody(f"body must be a JSON object or an array of objects, not {kind_of(value)}")
+        fields = PAYLOAD_FIELDS.fields(raw)
+        if fields is not None:  # one event: Stream's case, read without building the rest of it
+            return Body(False, [Element(text, len(raw), fields)])
+        texts = array_elements(raw)
+    except NotJson as exc:
+        raise _not_json(exc) from None
+    except ValueError:  # JSON, but neither an object nor an array
+        raise MalformedBody(
+            f"body must be a JSON object or an array of objects, not {kind_of(raw)}"
+        ) from None
+    if len(texts) > MAX_ELEMENTS:
+        raise TooManyElements(len(texts))
+    return Body(True, [_element(element) for element in texts])
 
 
-def element_texts(text: str) -> list[str]:
-    """The source text of each top-level element of the JSON array `text` (assumed valid)."""
-    texts: list[str] = []
-    depth = 0
-    start = 0
-    for match in _TOKEN_RE.finditer(text):
-        char = text[match.start()]
-        if char == '"':
-            continue
-        if char in "[{":
-            depth += 1
-            if depth == 1:
-                start = match.end()
-        elif char in "]}":
-            depth -= 1
-            if depth == 0:
-                last = text[start : match.start()].strip(JSON_WHITESPACE)
-                if last or texts:
-                    texts.append(last)
-                break
-        elif depth == 1:
-            texts.append(text[start : match.start()].strip(JSON_WHITESPACE))
-            start = match.end()
-    return texts
+def _element(raw: bytes) -> Element:
+    try:
+        fields = PAYLOAD_FIELDS.fields(raw)
+    except NotJson as exc:  # checked with the whole body; only a bug could bring this here
+        raise _not_json(exc) from None
+    text = raw.decode("utf-8")  # a slice of a body already checked as UTF-8
+    if fields is None:
+        return Element(text, len(raw), None, kind_of(raw))
+    return Element(text, len(raw), fields)
 
 
-def kind_of(value: Any) -> str:
-    """How an error message names the JSON type of `value`."""
-    if isinstance(value, str):
-        return "a string"
-    if isinstance(value, bool):
-        return "a boolean"
-    if isinstance(value, int | float):
-        return "a number"
-    if value is None:
-        return "null"
-    if isinstance(value, list):
-        return "an array"
-    return "an object"
+def _not_json(exc: NotJson) -> MalformedBody:
+    return MalformedBody(f"body is not valid JSON: {exc.reason}")

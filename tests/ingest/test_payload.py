@@ -10,26 +10,34 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from relay.ingest.payload import MalformedBody, element_texts, parse_body
+from relay.event import PAYLOAD_ATTRIBUTES
+from relay.ingest.payload import MalformedBody, parse_body
 
 WHITESPACE = ["", " ", "\n", "\t", "\r\n  ", "   \n\t "]
 
 
 def test_a_single_object_is_one_element_with_the_whole_body_as_its_text() -> None:
     """A body that is one object is forwarded whole, surrounding whitespace included."""
-    raw = b' \n{"type": "message.new" ,"n":1}\r\n'
+    raw = b' \n{"type": "message.new" ,"n":1, "team": 7}\r\n'
 
     body = parse_body(raw)
 
     assert not body.is_array
     assert [element.text for element in body.elements] == [raw.decode()]
-    assert body.elements[0].value == {"type": "message.new", "n": 1}
+    # Only the attribute fields are read; one that is not a string reads as None.
+    assert body.elements[0].fields == {
+        **dict.fromkeys(PAYLOAD_ATTRIBUTES),
+        "type": "message.new",
+    }
 
 
 def test_array_elements_keep_their_whitespace_escapes_and_key_order() -> None:
     """Each element of an array is cut out of the body as written, not re-serialized."""
     first = '{ "b" : 1 ,\n\t"a":"x,]}[{\\"" }'
-    second = '{"caf\\u00e9":"\\ud83d\\ude00 \\/ \\n","list":[1, {"k": []}, "]"]}'
+    second = (
+        '{"caf\\u00e9":"\\ud83d\\ude00 \\/ \\n","list":[1, {"k": []}, "]"],'
+        '"cid":"m\\u00e9ssaging:1"}'
+    )
     third = "{}"
     raw = f"\n[ {first}\r\n,\t{second},{third}  ]\n".encode()
 
@@ -37,12 +45,13 @@ def test_array_elements_keep_their_whitespace_escapes_and_key_order() -> None:
 
     assert body.is_array
     assert [element.text for element in body.elements] == [first, second, third]
-    assert body.elements[1].value == {"café": "😀 / \n", "list": [1, {"k": []}, "]"]}
+    assert body.elements[1].fields == {**dict.fromkeys(PAYLOAD_ATTRIBUTES), "cid": "méssaging:1"}
+    assert body.elements[1].size_bytes == len(second.encode())
 
 
 def test_non_object_elements_are_kept_for_the_caller_to_refuse() -> None:
-    """Array elements that are not objects are reported with their values, not dropped here."""
-    body = parse_body(b'[1, "two", null, [3], {"ok": true}]')
+    """Array elements that are not objects are reported with their kinds, not dropped here."""
+    body = parse_body(b'[1, "two", null, [3], {"ok": true}, false]')
 
     assert [element.text for element in body.elements] == [
         "1",
@@ -50,13 +59,23 @@ def test_non_object_elements_are_kept_for_the_caller_to_refuse() -> None:
         "null",
         "[3]",
         '{"ok": true}',
+        "false",
+    ]
+    assert [element.fields is None for element in body.elements] == [True] * 4 + [False, True]
+    assert [element.kind for element in body.elements] == [
+        "a number",
+        "a string",
+        "null",
+        "an array",
+        "an object",
+        "a boolean",
     ]
 
 
 def test_an_empty_array_has_no_elements() -> None:
     """`[]` (with any whitespace) is an array of nothing."""
     assert parse_body(b" [ \n ] ").elements == []
-    assert element_texts("[]") == []
+    assert parse_body(b"[]").elements == []
 
 
 @pytest.mark.parametrize(
@@ -67,6 +86,9 @@ def test_an_empty_array_has_no_elements() -> None:
         (b"", "not valid JSON"),
         (b'{"a": 1} {"b": 2}', "not valid JSON"),
         (b'{"a": NaN}', "not valid JSON"),
+        (b'[{"a": 1},]', "not valid JSON"),
+        (b'{"a": ' + b"[" * 5_000 + b"]" * 5_000 + b"}", "not valid JSON: nested too deeply"),
+        (b'[1, {"a": "x" ]', "not valid JSON"),
         (b"42", "not a number"),
         (b'"text"', "not a string"),
         (b"null", "not null"),
