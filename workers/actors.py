@@ -155,7 +155,13 @@ def publish_bundle(events: list[Any]) -> None:
     totals: Counter[str] = Counter()
     while pending:
         if not breaker.acquire(timeout_s=hold_until - time.monotonic()):
-            BundleWriter(this.store.client, keys).write(list(bundles(pending)))
+            try:
+                BundleWriter(this.store.client, keys).write(list(bundles(pending)))
+            except BaseException:
+                # dramatiq retries the trimmed args; what earlier attempts published is counted
+                # now, as the retry's settle will count only its own.
+                this.add_totals(totals)
+                raise
             log.info("bundle given back to the queue", events=len(pending), reason=breaker.reason)
             break
         result = BundleResult()

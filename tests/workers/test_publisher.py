@@ -1221,6 +1221,32 @@ def test_actor_settles_the_bundle_after_an_outage_it_rode_out(
     assert setup.rig.store.pending_events() == 0
 
 
+def test_a_bundle_given_back_whose_write_fails_still_counts_what_it_published(
+    actor_rig: Callable[..., ActorRig], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A worker shutting down behind an open breaker gives its bundle back; when Redis refuses
+    that write, dramatiq retries the unpublished rest, and the events published before the
+    outage are in `relay stats`' totals all the same (the retry's settle counts only its own)."""
+    setup = actor_rig(15, accept_all, client_error("ExpiredToken", 403))
+    breaker = setup.module.breaker
+    opened = breaker.failed
+
+    def open_then_shut_down(reason: str) -> None:
+        opened(reason)
+        breaker.stop()  # SIGTERM while the bundle is held: it goes back to the queue
+
+    monkeypatch.setattr(breaker, "failed", open_then_shut_down)
+
+    def refused(self: BundleWriter, *args: Any, **kwargs: Any) -> None:
+        raise QueueUnavailable("Redis at 127.0.0.1:1 refused the write: OutOfMemoryError")
+
+    monkeypatch.setattr(BundleWriter, "write", refused)
+    with pytest.raises(QueueUnavailable):
+        setup.module.publish_bundle.fn(setup.wires)
+    assert setup.rig.store.totals() == {"published": 10}
+    assert len(setup.wires) == 5  # dramatiq's retry carries only the unpublished events
+
+
 def test_actor_leaves_nothing_pending_after_a_trimmed_retry(
     actor_rig: Callable[..., ActorRig], monkeypatch: pytest.MonkeyPatch
 ) -> None:
