@@ -287,9 +287,14 @@ def bundles(events: Sequence[Event]) -> Iterator[Sequence[Event]]:
         yield events[start:]
 
 
-def bundle_message(events: Sequence[Event]) -> dramatiq.Message[Any]:
-    """The dramatiq message that carries one bundle to the `publish_bundle` actor."""
-    return dramatiq.Message(
+def bundle_message(
+    events: Sequence[Event], queued_at_ms: int | None = None
+) -> dramatiq.Message[Any]:
+    """The dramatiq message that carries one bundle to the `publish_bundle` actor.
+
+    `queued_at_ms` (default now) is its timestamp, which the queue's oldest age is read from.
+    """
+    message: dramatiq.Message[Any] = dramatiq.Message(
         queue_name=QUEUE_NAME,
         actor_name=ACTOR_NAME,
         args=([event.to_wire() for event in events],),
@@ -297,6 +302,9 @@ def bundle_message(events: Sequence[Event]) -> dramatiq.Message[Any]:
         options={"redis_message_id": uuid4_str()},
         message_id=uuid4_str(),  # dramatiq's default draws a uuid4 from os.urandom (relay.ids)
     )
+    if queued_at_ms is not None:
+        message = message.copy(message_timestamp=queued_at_ms)
+    return message
 
 
 @dataclass
@@ -306,15 +314,23 @@ class BundleWriter:
     client: redis.Redis
     keys: Keys
 
-    def write(self, bundles_: Sequence[Sequence[Event]], *, pipe: Any = None) -> None:
+    def write(
+        self,
+        bundles_: Sequence[Sequence[Event]],
+        *,
+        pipe: Any = None,
+        queued_at_ms: int | None = None,
+    ) -> None:
         """Store bundles atomically and once (write_once); raise QueueUnavailable when Redis fails.
 
         `pipe`, when given, is a CommandRecorder the caller adds more commands to and writes.
+        `queued_at_ms`: when these events were first queued, for a bundle that goes back to the
+        queue and should keep its age (default now).
         """
         own = pipe is None
         pipe = CommandRecorder() if own else pipe
         for bundle in bundles_:
-            message = bundle_message(bundle)
+            message = bundle_message(bundle, queued_at_ms)
             redis_id = message.options["redis_message_id"]
             pipe.hset(self.keys.queue_messages, redis_id, message.encode())
             pipe.rpush(self.keys.queue, redis_id)

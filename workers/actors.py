@@ -156,7 +156,12 @@ def publish_bundle(events: list[Any]) -> None:
     while pending:
         if not breaker.acquire(timeout_s=hold_until - time.monotonic()):
             try:
-                BundleWriter(this.store.client, keys).write(list(bundles(pending)))
+                # Back at the tail of the queue, with the age it had: `relay stats` and
+                # relay_queue_oldest_age_seconds count the wait from when it was first queued.
+                BundleWriter(this.store.client, keys).write(
+                    list(bundles(pending)),
+                    queued_at_ms=message.message_timestamp if message is not None else None,
+                )
             except BaseException:
                 # dramatiq retries the trimmed args; what earlier attempts published is counted
                 # now, as the retry's settle will count only its own.

@@ -1221,6 +1221,42 @@ def test_actor_settles_the_bundle_after_an_outage_it_rode_out(
     assert setup.rig.store.pending_events() == 0
 
 
+def test_a_bundle_given_back_keeps_its_age_in_the_queue(
+    actor_rig: Callable[..., ActorRig],
+    redis_client: redis.Redis,
+    keys: Keys,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The unpublished rest of a bundle held behind an open breaker goes back to the queue with
+    the timestamp the bundle was queued at, so the oldest age counts its whole wait."""
+    setup = actor_rig(15, accept_all, client_error("ExpiredToken", 403))
+    message = setup.module.CurrentMessage.get_current_message()
+    queued_at_ms = message.message_timestamp - 600_000  # queued ten minutes ago
+    monkeypatch.setattr(
+        setup.module.CurrentMessage,
+        "get_current_message",
+        staticmethod(lambda: message.copy(message_timestamp=queued_at_ms)),
+    )
+    redis_client.delete(keys.queue)  # the rig's copy of the bundle: the worker holds it
+    breaker = setup.module.breaker
+    opened = breaker.failed
+
+    def open_then_shut_down(reason: str) -> None:
+        opened(reason)
+        breaker.stop()  # SIGTERM while the bundle is held: it goes back to the queue
+
+    monkeypatch.setattr(breaker, "failed", open_then_shut_down)
+    setup.module.publish_bundle.fn(setup.wires)
+
+    (rid,) = redis_client.lrange(keys.queue, 0, -1)
+    given_back = dramatiq.Message.decode(redis_client.hget(keys.queue_messages, rid))
+    assert len(given_back.args[0]) == 5
+    assert given_back.message_timestamp == queued_at_ms
+    age_s = setup.rig.store.oldest_age_s()
+    assert age_s is not None
+    assert age_s >= 600
+
+
 def test_a_bundle_given_back_whose_write_fails_still_counts_what_it_published(
     actor_rig: Callable[..., ActorRig], monkeypatch: pytest.MonkeyPatch
 ) -> None:
