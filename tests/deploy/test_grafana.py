@@ -50,6 +50,18 @@ def test_the_dashboard_shows_every_signal_operators_asked_for(dashboard: dict[st
     assert missing == []
 
 
+def test_the_first_row_shows_dead_letters_and_dead_bundles_at_a_glance(
+    dashboard: dict[str, Any],
+) -> None:
+    """Both kinds of dead letters have a stat that turns red at the first one."""
+    stats = [panel for panel in dashboard["panels"] if panel["type"] == "stat"]
+    for metric in ("relay_dead_letter_depth", "relay_dead_bundles"):
+        (panel,) = [p for p in stats if any(metric in t["expr"] for t in p["targets"])]
+        steps = panel["fieldConfig"]["defaults"]["thresholds"]["steps"]
+        assert [step["value"] for step in steps] == [None, 1]
+        assert steps[-1]["color"] == "red"
+
+
 def test_every_panel_queries_the_dashboards_prometheus_variable(dashboard: dict[str, Any]) -> None:
     """Panels and queries use ${datasource}, a variable of Prometheus data sources."""
     (variable,) = dashboard["templating"]["list"]
