@@ -56,14 +56,14 @@ class FieldReader:
             return found
         except msgspec.ValidationError:
             pass  # not an object (maybe not JSON at all), or a named field not a string
-        except (msgspec.DecodeError, RecursionError) as exc:
+        except (msgspec.DecodeError, RecursionError, UnicodeEncodeError) as exc:
             raise _not_json(exc) from None
         try:
             raws = self._read_raws(text)
         except msgspec.ValidationError:
             check(text)  # raises NotJson when it is not JSON either
             return None
-        except (msgspec.DecodeError, RecursionError) as exc:
+        except (msgspec.DecodeError, RecursionError, UnicodeEncodeError) as exc:
             raise _not_json(exc) from None
         return {
             name: _read_string(raw) if bytes(raw).startswith(b'"') else None
@@ -81,7 +81,7 @@ def array_elements(raw: bytes) -> list[bytes]:
     except msgspec.ValidationError:
         check(raw)  # raises NotJson when it is not JSON either
         raise ValueError(f"not an array but {kind_of(raw)}") from None
-    except (msgspec.DecodeError, RecursionError) as exc:
+    except (msgspec.DecodeError, RecursionError, UnicodeEncodeError) as exc:
         raise _not_json(exc) from None
 
 
@@ -89,7 +89,7 @@ def check(text: bytes | str) -> None:
     """Raise NotJson, saying what is wrong, unless `text` is JSON."""
     try:
         _check(text)
-    except (msgspec.DecodeError, RecursionError) as exc:
+    except (msgspec.DecodeError, RecursionError, UnicodeEncodeError) as exc:
         raise _not_json(exc) from None
 
 
@@ -102,7 +102,11 @@ def kind_of(text: bytes | str) -> str:
     return _KINDS.get(first, "a number")
 
 
-def _not_json(exc: msgspec.DecodeError | RecursionError) -> NotJson:
+def _not_json(exc: msgspec.DecodeError | RecursionError | UnicodeEncodeError) -> NotJson:
     if isinstance(exc, RecursionError):
         return NotJson("nested too deeply")
+    if isinstance(exc, UnicodeEncodeError):  # a str holding a lone surrogate: no UTF-8 for it
+        return NotJson(
+            f"the character at offset {exc.start} is a lone surrogate, which UTF-8 cannot encode"
+        )
     return NotJson(str(exc).removeprefix(_MALFORMED_PREFIX))

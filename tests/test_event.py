@@ -288,6 +288,16 @@ def test_invalid_json_raises_invalid_event_saying_so(body: bytes) -> None:
         make_event(body, event_id="evt-1")
 
 
+def test_a_str_body_with_a_lone_surrogate_raises_invalid_event() -> None:
+    """A str that UTF-8 cannot encode (a lone surrogate character) is refused as InvalidEvent
+    naming the character, never let through as an encoding error."""
+    with pytest.raises(
+        InvalidEvent, match="character at offset 11 is a lone surrogate"
+    ) as exc_info:
+        make_event('{"type": "a\ud800"}', event_id="evt-1")
+    assert exc_info.value.event_id == "evt-1"
+
+
 @pytest.mark.parametrize(
     "body",
     [b"[]", b'[{"type":"message.new"}]', b"1", b'"text"', b"null", b"true"],

@@ -125,6 +125,13 @@ def test_what_is_not_json_is_refused_saying_why(text: bytes, says: str) -> None:
         assert not exc_info.value.reason.startswith("JSON is malformed")
 
 
+def test_a_str_with_a_lone_surrogate_is_not_json_text() -> None:
+    """A Python str can hold a lone surrogate, which UTF-8 (and so JSON text) cannot."""
+    for call in (READER.fields, check):
+        with pytest.raises(NotJson, match="character at offset 9 is a lone surrogate"):
+            call('{"type":"\ud800"}')
+
+
 def test_array_elements_are_the_exact_texts_of_the_elements() -> None:
     """Whitespace around elements is left out; inside them, every byte is kept."""
     assert array_elements(b' [ {"a" : "]"} ,\n"x\\u00e9" , [ ] ]\n') == [
