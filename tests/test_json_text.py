@@ -88,6 +88,8 @@ def test_a_field_that_is_not_a_string_reads_as_none_and_the_others_still_read() 
         "team": None,
     }
     assert READER.fields(b'{"type": null}') == dict.fromkeys(NAMES)
+    # A name written with escapes is the same name, as a full parse reads it.
+    assert READER.fields(b'{"typ\\u0065": "x"}') == {**dict.fromkeys(NAMES), "type": "x"}
 
 
 def test_a_repeated_key_reads_as_its_last_value_as_in_a_full_parse() -> None:
