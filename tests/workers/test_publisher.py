@@ -1221,6 +1221,18 @@ def test_actor_settles_the_bundle_after_an_outage_it_rode_out(
     assert setup.rig.store.pending_events() == 0
 
 
+def shut_down_once_the_breaker_opens(setup: ActorRig, monkeypatch: pytest.MonkeyPatch) -> None:
+    """SIGTERM right as the actor's breaker opens: the bundle it holds goes back to the queue."""
+    breaker = setup.module.breaker
+    opened = breaker.failed
+
+    def open_then_shut_down(reason: str) -> None:
+        opened(reason)
+        breaker.stop()
+
+    monkeypatch.setattr(breaker, "failed", open_then_shut_down)
+
+
 def test_a_bundle_given_back_keeps_its_age_in_the_queue(
     actor_rig: Callable[..., ActorRig],
     redis_client: redis.Redis,
@@ -1238,14 +1250,7 @@ def test_a_bundle_given_back_keeps_its_age_in_the_queue(
         staticmethod(lambda: message.copy(message_timestamp=queued_at_ms)),
     )
     redis_client.delete(keys.queue)  # the rig's copy of the bundle: the worker holds it
-    breaker = setup.module.breaker
-    opened = breaker.failed
-
-    def open_then_shut_down(reason: str) -> None:
-        opened(reason)
-        breaker.stop()  # SIGTERM while the bundle is held: it goes back to the queue
-
-    monkeypatch.setattr(breaker, "failed", open_then_shut_down)
+    shut_down_once_the_breaker_opens(setup, monkeypatch)
     setup.module.publish_bundle.fn(setup.wires)
 
     (rid,) = redis_client.lrange(keys.queue, 0, -1)
@@ -1264,14 +1269,7 @@ def test_a_bundle_given_back_whose_write_fails_still_counts_what_it_published(
     that write, dramatiq retries the unpublished rest, and the events published before the
     outage are in `relay stats`' totals all the same (the retry's settle counts only its own)."""
     setup = actor_rig(15, accept_all, client_error("ExpiredToken", 403))
-    breaker = setup.module.breaker
-    opened = breaker.failed
-
-    def open_then_shut_down(reason: str) -> None:
-        opened(reason)
-        breaker.stop()  # SIGTERM while the bundle is held: it goes back to the queue
-
-    monkeypatch.setattr(breaker, "failed", open_then_shut_down)
+    shut_down_once_the_breaker_opens(setup, monkeypatch)
 
     def refused(self: BundleWriter, *args: Any, **kwargs: Any) -> None:
         raise QueueUnavailable("Redis at 127.0.0.1:1 refused the write: OutOfMemoryError")
