@@ -53,8 +53,9 @@ CONNECTIONS = 16
 """As issue 3 measured: 16 keep-alive connections, one event per POST as Stream sends them."""
 PACED_FRACTION = 0.5
 SIGNED_BODIES = 2_000
-WARMUP_REQUESTS = 200
 """Distinct signed bodies wrk cycles through (each request still gets a fresh webhook id)."""
+WARMUP_REQUESTS = 200
+"""Sent to each front (flood and paced alike) before anything is measured."""
 FALLBACK_REQUESTS_PER_S = 2_500
 """Without wrk, the flood is a fixed count: this many per second of `seconds`."""
 WRK_SCRIPT = Path(__file__).resolve().parent / "wrk_events.lua"
