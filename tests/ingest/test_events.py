@@ -262,6 +262,20 @@ def test_a_malformed_body_is_400_saying_what_is_wrong(
     assert redis_sync.keys(f"{settings.namespace}:*") == []
 
 
+def test_a_number_beyond_a_double_is_stored_exactly_as_written(
+    runner: AppRunner, settings: Settings, redis_sync: redis.Redis
+) -> None:
+    """`1e400` is JSON by RFC 8259's grammar; nothing converts it, so it is stored byte for byte
+    with the rest of the body (orjson, which converts numbers, refused it)."""
+    body = b'{"type": "message.new", "score": 1e400, "n": -1E+400}'
+
+    response = runner.post(body, signed(body, webhook_id="big-number"))
+
+    assert response.status_code == 200
+    ((event_id, text, attributes, _received_at),) = stored_events(redis_sync, settings.namespace)
+    assert (event_id, text.encode(), attributes["type"]) == ("big-number", body, "message.new")
+
+
 @pytest.mark.parametrize("webhook_id", ["has space", "x" * 129, "tab\there"])
 def test_an_unusable_webhook_id_is_400(runner: AppRunner, webhook_id: str) -> None:
     """An X-Webhook-Id that cannot be an SNS attribute and FIFO dedup id is refused."""
