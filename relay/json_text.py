@@ -23,6 +23,10 @@ _KINDS = {"{": "an object", "[": "an array", '"': "a string", "t": "a boolean", 
 _WHITESPACE = " \t\n\r"
 _ABSENT = msgspec.Raw()
 
+_NOT_JSON = (msgspec.DecodeError, RecursionError, UnicodeEncodeError)
+"""What msgspec raises for text that is not JSON: malformed, nested too deeply, or a str holding a
+lone surrogate (which it must encode to UTF-8 first)."""
+
 _check = msgspec.json.Decoder(msgspec.Raw).decode
 _read_elements = msgspec.json.Decoder(list[msgspec.Raw]).decode
 _read_string = msgspec.json.Decoder(str).decode
@@ -56,14 +60,14 @@ class FieldReader:
             return found
         except msgspec.ValidationError:
             pass  # not an object (maybe not JSON at all), or a named field not a string
-        except (msgspec.DecodeError, RecursionError, UnicodeEncodeError) as exc:
+        except _NOT_JSON as exc:
             raise _not_json(exc) from None
         try:
             raws = self._read_raws(text)
         except msgspec.ValidationError:
             check(text)  # raises NotJson when it is not JSON either
             return None
-        except (msgspec.DecodeError, RecursionError, UnicodeEncodeError) as exc:
+        except _NOT_JSON as exc:
             raise _not_json(exc) from None
         return {
             name: _read_string(raw) if bytes(raw).startswith(b'"') else None
@@ -81,7 +85,7 @@ def array_elements(raw: bytes) -> list[bytes]:
     except msgspec.ValidationError:
         check(raw)  # raises NotJson when it is not JSON either
         raise ValueError(f"not an array but {kind_of(raw)}") from None
-    except (msgspec.DecodeError, RecursionError, UnicodeEncodeError) as exc:
+    except _NOT_JSON as exc:
         raise _not_json(exc) from None
 
 
@@ -89,7 +93,7 @@ def check(text: bytes | str) -> None:
     """Raise NotJson, saying what is wrong, unless `text` is JSON."""
     try:
         _check(text)
-    except (msgspec.DecodeError, RecursionError, UnicodeEncodeError) as exc:
+    except _NOT_JSON as exc:
         raise _not_json(exc) from None
 
 
