@@ -55,6 +55,13 @@ class Keys:
         return f"{self.namespace}:relay:pending:bundles"
 
     @property
+    def pending_ages(self) -> str:
+        """Zset of dramatiq message id by when its bundle was queued (ms), for bundles not yet
+        settled: the oldest waiting age, whether a bundle is in the queue or taken by a worker
+        (held behind an open breaker, retrying, prefetched)."""
+        return f"{self.namespace}:relay:pending:ages"
+
+    @property
     def pending_events(self) -> str:
         """Events enqueued and not yet settled (published, dropped or dead-lettered)."""
         return f"{self.namespace}:relay:pending:events"

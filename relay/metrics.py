@@ -81,7 +81,7 @@ class QueueCollector(Collector):
         )
         yield GaugeMetricFamily(
             "relay_queue_oldest_age_seconds",
-            "Age of the oldest bundle waiting in the queue.",
+            "Age of the oldest bundle not yet published: in the queue, or taken by a worker.",
             value=stats["oldest_age_s"] or 0.0,
         )
         yield GaugeMetricFamily(

@@ -335,6 +335,7 @@ class BundleWriter:
             pipe.hset(self.keys.queue_messages, redis_id, message.encode())
             pipe.rpush(self.keys.queue, redis_id)
             pipe.hset(self.keys.pending_bundles, message.message_id, len(bundle))
+            pipe.zadd(self.keys.pending_ages, message.message_timestamp, message.message_id)
             pipe.incrby(self.keys.pending_events, len(bundle))
         if own:
             write_once(self.client, self.keys, pipe)

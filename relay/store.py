@@ -33,7 +33,8 @@ SETTLE_ALL = 2**31 - 1
 
 # Settling is idempotent per bundle: a bundle processed twice (a worker killed after publishing,
 # FACTS §9.4 D1) cannot take more off the pending count than it put on.
-# KEYS: pending bundles, pending events, this settle's own marker, the totals. ARGV: bundle id,
+# KEYS: pending bundles, pending events, this settle's own marker, the totals, pending ages.
+# ARGV: bundle id,
 # count, the marker's TTL, then pairs of a total's name and what to add to it (the bundle's
 # outcomes, written with its settle: one round trip a bundle, not two). The marker makes a
 # settle that redis-py replays after a lost answer (the workers' client retries once on a
@@ -48,10 +49,26 @@ if k > 0 then
   else redis.call('hset', KEYS[1], ARGV[1], n - k) end
   redis.call('decrby', KEYS[2], k)
 end
+if n == k then redis.call('zrem', KEYS[5], ARGV[1]) end
 for at = 4, #ARGV, 2 do redis.call('hincrby', KEYS[4], ARGV[at], ARGV[at + 1]) end
 redis.call('set', KEYS[3], k, 'EX', ARGV[3])
 return k
 """
+
+# KEYS: pending ages, pending bundles. ARGV: the most entries to look at. The queued-at time (ms)
+# of the oldest bundle still pending, or false. An entry whose bundle is no longer pending is
+# removed on the way: a worker of a version that kept no ages settled it.
+_OLDEST_PENDING_LUA = """
+for _ = 1, tonumber(ARGV[1]) do
+  local oldest = redis.call('zrange', KEYS[1], 0, 0, 'WITHSCORES')
+  if #oldest == 0 then return false end
+  if redis.call('hexists', KEYS[2], oldest[1]) == 1 then return oldest[2] end
+  redis.call('zrem', KEYS[1], oldest[1])
+end
+return false
+"""
+STALE_AGES_PER_READ = 1_000
+"""Bounds one read's clean-up; the next read goes on where it stopped."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -73,6 +90,7 @@ class RelayStore:
         self.client = client
         self.keys = keys
         self._settle = DrainScript(client, _SETTLE_LUA)  # workers settle even when Redis is full
+        self._oldest_pending = client.register_script(_OLDEST_PENDING_LUA)
 
     def record_drops(
         self, events: Sequence[Event], reason: str, limit_bytes: int, *, pipe: Any = None
@@ -147,6 +165,7 @@ class RelayStore:
                         self.keys.pending_events,
                         self.keys.write_done(uuid4_hex()),
                         self.keys.totals,
+                        self.keys.pending_ages,
                     ],
                     args=[bundle_id, events, WRITE_DONE_TTL_S, *deltas],
                 )
@@ -176,16 +195,26 @@ class RelayStore:
         return int(raw) if raw is not None else None
 
     def oldest_age_s(self, now_s: float | None = None) -> float | None:
-        """Age of the bundle at the head of the queue (the next one taken), or None if empty."""
+        """Age of the oldest bundle not yet settled, or None if there is none.
+
+        A bundle counts from when it was queued until a worker settles it: in the queue, and
+        also once a worker has taken it (held behind an open breaker, waiting for a retry,
+        prefetched), where the queue's head alone does not show it. The head is read too, for
+        bundles written by a producer of a version that kept no ages.
+        """
         with translate_redis_errors(self.client, writes=False):
+            oldest_ms = self._oldest_pending(
+                keys=[self.keys.pending_ages, self.keys.pending_bundles],
+                args=[STALE_AGES_PER_READ],
+            )
             head = self.client.lindex(self.keys.queue, 0)
-            if head is None:
-                return None
-            encoded = self.client.hget(self.keys.queue_messages, head)
-        if encoded is None:
+            encoded = None if head is None else self.client.hget(self.keys.queue_messages, head)
+        stamps_ms = [] if oldest_ms is None else [float(oldest_ms)]
+        if encoded is not None:
+            stamps_ms.append(float(orjson.loads(encoded).get("message_timestamp", 0)))
+        if not stamps_ms:
             return None
-        timestamp_ms = float(orjson.loads(encoded).get("message_timestamp", 0))
-        return max(0.0, (now_s if now_s is not None else time.time()) - timestamp_ms / 1000)
+        return max(0.0, (now_s if now_s is not None else time.time()) - min(stamps_ms) / 1000)
 
     def queue_depth_bundles(self) -> int:
         with translate_redis_errors(self.client, writes=False):

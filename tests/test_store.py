@@ -339,6 +339,56 @@ def test_oldest_age_is_that_of_the_queue_head(
     assert store.oldest_age_s(now_s=3_000.5) == pytest.approx(1_000.5)
 
 
+def write_bundle_queued_at(
+    redis_client: redis.Redis, keys: Keys, n: int, queued_at_ms: int
+) -> tuple[str, bytes]:
+    """A bundle of `n` events queued at `queued_at_ms`: its message id and its queue entry."""
+    BundleWriter(redis_client, keys).write([events("q", n)], queued_at_ms=queued_at_ms)
+    rid = redis_client.lrange(keys.queue, -1, -1)[0]
+    return dramatiq.Message.decode(redis_client.hget(keys.queue_messages, rid)).message_id, rid
+
+
+def test_oldest_age_counts_a_bundle_a_worker_took_until_it_is_settled(
+    store: RelayStore, redis_client: redis.Redis, keys: Keys
+) -> None:
+    """A bundle taken off the queue (held behind an open breaker, retrying, prefetched) still
+    waits: the age counts it from when it was queued, with the queue empty, until it is
+    settled in full; a partial settle leaves it waiting."""
+    bundle, rid = write_bundle_queued_at(redis_client, keys, 3, 1_000_000)
+    redis_client.lrem(keys.queue, 1, rid)  # a worker took it: dramatiq moves it to an ack set
+    assert store.oldest_age_s(now_s=3_000.5) == pytest.approx(2_000.5)
+    store.settle(bundle, 2)
+    assert store.oldest_age_s(now_s=3_000.5) == pytest.approx(2_000.5)
+    store.settle(bundle, 1)
+    assert store.oldest_age_s(now_s=3_000.5) is None
+    assert redis_client.zcard(keys.pending_ages) == 0
+
+
+def test_oldest_age_is_the_oldest_of_the_taken_bundles_and_the_queue_head(
+    store: RelayStore, redis_client: redis.Redis, keys: Keys
+) -> None:
+    """The oldest bundle wins wherever it is: taken by a worker, or at the queue's head
+    (written there by a producer of a version that kept no ages)."""
+    _, taken = write_bundle_queued_at(redis_client, keys, 1, 2_000_000)
+    redis_client.lrem(keys.queue, 1, taken)
+    put_message(redis_client, keys, "older", 1_000_000)
+    assert store.oldest_age_s(now_s=3_000.5) == pytest.approx(2_000.5)
+    redis_client.lpop(keys.queue)
+    assert store.oldest_age_s(now_s=3_000.5) == pytest.approx(1_000.5)
+
+
+def test_oldest_age_skips_and_removes_ages_of_bundles_no_longer_pending(
+    store: RelayStore, redis_client: redis.Redis, keys: Keys
+) -> None:
+    """An age left by a bundle settled without it (by a worker of a version that kept no ages)
+    is not the oldest: it is removed, and the oldest pending bundle's age is read."""
+    bundle, rid = write_bundle_queued_at(redis_client, keys, 1, 2_000_000)
+    redis_client.lrem(keys.queue, 1, rid)
+    redis_client.zadd(keys.pending_ages, {"settled-long-ago": 1_000_000})
+    assert store.oldest_age_s(now_s=3_000.5) == pytest.approx(1_000.5)
+    assert redis_client.zrange(keys.pending_ages, 0, -1) == [bundle.encode()]
+
+
 def test_oldest_age_of_an_empty_queue_is_none(store: RelayStore) -> None:
     """No bundle waiting: no age."""
     assert store.oldest_age_s() is None

@@ -9,6 +9,7 @@ import importlib
 import logging
 import random
 import sys
+import time
 import warnings
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -1258,6 +1259,43 @@ def test_a_bundle_given_back_keeps_its_age_in_the_queue(
     assert len(given_back.args[0]) == 5
     assert given_back.message_timestamp == queued_at_ms
     age_s = setup.rig.store.oldest_age_s()
+    assert age_s is not None
+    assert age_s >= 600
+
+
+def test_a_bundle_held_behind_an_open_breaker_ages_with_the_queue_empty(
+    actor_rig: Callable[..., ActorRig],
+    redis_client: redis.Redis,
+    keys: Keys,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """While a worker holds a bundle behind an open breaker, its events wait though the queue
+    is empty: the oldest age (relay_queue_oldest_age_seconds, `relay stats`) counts them. Given
+    back, the rest keeps that age under its new message id, and the old one is settled."""
+    setup = actor_rig(15, accept_all, client_error("ExpiredToken", 403))
+    store = setup.rig.store
+    redis_client.delete(keys.queue)  # the rig's copy of the bundle: the worker holds it
+    ten_minutes_on_s = time.time() + 600
+    held_ages: list[float | None] = []
+    breaker = setup.module.breaker
+    opened = breaker.failed
+
+    def open_look_then_shut_down(reason: str) -> None:
+        opened(reason)
+        held_ages.append(store.oldest_age_s(now_s=ten_minutes_on_s))
+        breaker.stop()
+
+    monkeypatch.setattr(breaker, "failed", open_look_then_shut_down)
+    setup.module.publish_bundle.fn(setup.wires)
+
+    (held_age,) = held_ages
+    assert held_age is not None
+    assert held_age >= 600
+    (rid,) = redis_client.lrange(keys.queue, 0, -1)
+    given_back = dramatiq.Message.decode(redis_client.hget(keys.queue_messages, rid))
+    assert redis_client.zrange(keys.pending_ages, 0, -1) == [given_back.message_id.encode()]
+    redis_client.delete(keys.queue)  # taken by a worker again
+    age_s = store.oldest_age_s(now_s=ten_minutes_on_s)
     assert age_s is not None
     assert age_s >= 600
 
