@@ -34,9 +34,9 @@ SETTLE_ALL = 2**31 - 1
 # Settling is idempotent per bundle: a bundle processed twice (a worker killed after publishing,
 # FACTS §9.4 D1) cannot take more off the pending count than it put on.
 # KEYS: pending bundles, pending events, this settle's own marker, the totals, pending ages.
-# ARGV: bundle id,
-# count, the marker's TTL, then pairs of a total's name and what to add to it (the bundle's
-# outcomes, written with its settle: one round trip a bundle, not two). The marker makes a
+# ARGV: bundle id, count, the marker's TTL, then pairs of a total's name and what to add to it
+# (the bundle's outcomes, written with its settle: one round trip a bundle, not two). A bundle
+# settled in full leaves pending ages too (the oldest age, `oldest_age_s`). The marker makes a
 # settle that redis-py replays after a lost answer (the workers' client retries once on a
 # broken connection) a no-op: a second partial settle of the same bundle would take its
 # remaining events off the count although they are still pending, and count its totals twice.

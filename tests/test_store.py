@@ -389,6 +389,25 @@ def test_oldest_age_skips_and_removes_ages_of_bundles_no_longer_pending(
     assert redis_client.zrange(keys.pending_ages, 0, -1) == [bundle.encode()]
 
 
+def test_oldest_age_is_read_when_redis_is_at_its_maxmemory(keys: Keys) -> None:
+    """A full Redis (noeviction) still answers the oldest age, the gauge an operator watches
+    then, and the read's clean-up of a stale age runs too (it frees room)."""
+    server = start_server({"maxmemory-policy": "noeviction"})
+    client = redis.Redis.from_url(server.connection_url)
+    try:
+        bundle, _ = write_bundle_queued_at(client, keys, 2, 2_000_000)
+        client.zadd(keys.pending_ages, {"settled-long-ago": 1_000_000})
+        client.config_set("maxmemory", "1")
+        with pytest.raises(QueueUnavailable, match="OutOfMemoryError"):
+            BundleWriter(client, keys).write([events("late", 1)])
+        store = RelayStore(client, keys)
+        assert store.oldest_age_s(now_s=3_000.5) == pytest.approx(1_000.5)
+        assert client.zrange(keys.pending_ages, 0, -1) == [bundle.encode()]
+    finally:
+        client.close()
+        server.stop()
+
+
 def test_oldest_age_of_an_empty_queue_is_none(store: RelayStore) -> None:
     """No bundle waiting: no age."""
     assert store.oldest_age_s() is None
