@@ -460,6 +460,13 @@ def test_events_refused_for_the_topic_wait_and_all_arrive_once_it_is_fixed(
         if all_held:
             assert figures["pending_events"] == len(bodies)
             assert local_sns.stats()["published"] == 0
+            # And the bundle the worker holds ages, though the queue is empty
+            assert store.queue_depth_bundles() == 0
+            poll_until(
+                lambda: (stats_json(settings)["oldest_age_s"] or 0.0) >= 1.0,
+                DELIVERY_TIMEOUT_S,
+                what="the held bundle's age in relay stats",
+            )
         else:  # the entries SNS accepted are published meanwhile
             assert local_sns.stats()["published"] > 0
         assert figures["dead_letters"] == 0
