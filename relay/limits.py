@@ -48,10 +48,9 @@ def attribute_bytes(name: str, data_type: str, value_bytes: int) -> int:
 
 def attributes_bytes(attributes: Mapping[str, str]) -> int:
     """Bytes that String attributes add to a message: name, data type and value of each."""
-    total = 0
-    for name, value in attributes.items():  # a loop: a generator costs more on every event
-        total += utf8_len(name) + utf8_len(value)
-    return total + _STRING_DATA_TYPE_BYTES * len(attributes)
+    # Joined, two size checks instead of two per attribute: the ingest does this for every event.
+    names, values = "".join(attributes), "".join(attributes.values())
+    return utf8_len(names) + utf8_len(values) + _STRING_DATA_TYPE_BYTES * len(attributes)
 
 
 def message_bytes(body: str, attributes: Mapping[str, str], body_bytes: int | None = None) -> int:

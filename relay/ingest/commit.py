@@ -61,7 +61,7 @@ REDIS_FAILURES = (redis.RedisError, TimeoutError, OSError)
 """What a Redis call can fail with when the server is down, slow, loading or out of memory."""
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)  # not frozen: made per request (see relay.ingest.payload.Element)
 class Delivery:
     """One request's share of a batch."""
 

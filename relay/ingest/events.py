@@ -20,10 +20,10 @@ from relay.ingest.commit import Delivery
 from relay.ingest.http import (
     Answer,
     ClientGone,
+    HeaderReader,
     Receive,
     Scope,
     Send,
-    header_values,
     read_body,
     respond,
 )
@@ -38,7 +38,7 @@ UNAVAILABLE_RETRY_AFTER_S = 1
 BACKLOG_RETRY_AFTER_S = 5
 """A backlog drains over seconds, not milliseconds; Stream retries within 15 s anyway."""
 
-_HEADERS = (b"content-length", b"x-signature", b"x-webhook-id", b"x-webhook-attempt")
+_HEADERS = HeaderReader((b"content-length", b"x-signature", b"x-webhook-id", b"x-webhook-attempt"))
 # Labelled children looked up once: `labels()` per request is a lock and a dict lookup.
 _RECEIVED = metrics.EVENTS_RECEIVED.labels(SOURCE)
 _DURATIONS: dict[int, Any] = {}
@@ -53,7 +53,7 @@ class EventsEndpoint:
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         started = time.perf_counter()
-        length, signature, webhook_id, attempt = header_values(scope, _HEADERS)
+        length, signature, webhook_id, attempt = _HEADERS.values(scope)
         try:
             answer = await self._answer(receive, length, signature, webhook_id)
         except ClientGone:

@@ -21,7 +21,7 @@ _JSON = (b"content-type", b"application/json")
 _CLOSE = (b"connection", b"close")
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)  # not frozen: made per request (see relay.ingest.payload.Element)
 class Answer:
     """A JSON response; `close` ends the connection (after a body left unread)."""
 
@@ -35,15 +35,23 @@ class ClientGone(Exception):
     """The client disconnected before its body was read; there is nobody to answer."""
 
 
-def header_values(scope: Scope, names: Sequence[bytes]) -> list[bytes | None]:
-    """The first value of each header in `names` (lowercase), or None where absent."""
-    wanted = {name: index for index, name in enumerate(names)}
-    values: list[bytes | None] = [None] * len(names)
-    for name, value in scope["headers"]:
-        index = wanted.get(name)
-        if index is not None and values[index] is None:
-            values[index] = value
-    return values
+class HeaderReader:
+    """Reads the first value of each of some headers (lowercase names) from a request's scope."""
+
+    __slots__ = ("_count", "_index")
+
+    def __init__(self, names: Sequence[bytes]) -> None:
+        self._index = {name: index for index, name in enumerate(names)}
+        self._count = len(names)
+
+    def values(self, scope: Scope) -> list[bytes | None]:
+        """Each header's first value, in the order of the names, or None where absent."""
+        values: list[bytes | None] = [None] * self._count
+        for name, value in scope["headers"]:
+            index = self._index.get(name)
+            if index is not None and values[index] is None:
+                values[index] = value
+        return values
 
 
 async def read_body(receive: Receive, length: bytes | None, max_bytes: int) -> bytes | Answer:
