@@ -131,17 +131,14 @@ def lean_stages(
     signed = {id(body): sign(body) for body in bodies}
 
     def send(body: bytes) -> bytes:
-        reply = lean.pool.urlopen(
-            "POST", lean._target, body=body, headers=signed[id(body)], retries=False
-        )
-        return bytes(reply.data)
+        return lean.transport.post(lean._target, signed[id(body)], body).body
 
     replies = {id(batch): send(body) for batch, body in zip(batches, bodies, strict=True)}
     by_batch = dict(zip(map(id, batches), bodies, strict=True))
     steps: dict[str, Callable[[Sequence[BatchEntry]], Any]] = {
         "encode": lambda b: encode_publish_batch(topic_arn, b),
         "sign (botocore SigV4)": lambda b: sign(by_batch[id(b)]),
-        "send + receive (urllib3)": lambda b: send(by_batch[id(b)]),
+        "send + receive": lambda b: send(by_batch[id(b)]),
         "parse the answer": lambda b: parse_publish_batch(replies[id(b)], b),
     }
     return {
