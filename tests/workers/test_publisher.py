@@ -1222,13 +1222,17 @@ def test_actor_settles_the_bundle_after_an_outage_it_rode_out(
     assert setup.rig.store.pending_events() == 0
 
 
-def shut_down_once_the_breaker_opens(setup: ActorRig, monkeypatch: pytest.MonkeyPatch) -> None:
-    """SIGTERM right as the actor's breaker opens: the bundle it holds goes back to the queue."""
+def shut_down_once_the_breaker_opens(
+    setup: ActorRig, monkeypatch: pytest.MonkeyPatch, look: Callable[[], None] = lambda: None
+) -> None:
+    """SIGTERM right as the actor's breaker opens: the bundle it holds goes back to the queue.
+    `look` runs in between, while the actor holds the bundle."""
     breaker = setup.module.breaker
     opened = breaker.failed
 
     def open_then_shut_down(reason: str) -> None:
         opened(reason)
+        look()
         breaker.stop()
 
     monkeypatch.setattr(breaker, "failed", open_then_shut_down)
@@ -1277,15 +1281,9 @@ def test_a_bundle_held_behind_an_open_breaker_ages_with_the_queue_empty(
     redis_client.delete(keys.queue)  # the rig's copy of the bundle: the worker holds it
     ten_minutes_on_s = time.time() + 600
     held_ages: list[float | None] = []
-    breaker = setup.module.breaker
-    opened = breaker.failed
-
-    def open_look_then_shut_down(reason: str) -> None:
-        opened(reason)
-        held_ages.append(store.oldest_age_s(now_s=ten_minutes_on_s))
-        breaker.stop()
-
-    monkeypatch.setattr(breaker, "failed", open_look_then_shut_down)
+    shut_down_once_the_breaker_opens(
+        setup, monkeypatch, lambda: held_ages.append(store.oldest_age_s(now_s=ten_minutes_on_s))
+    )
     setup.module.publish_bundle.fn(setup.wires)
 
     (held_age,) = held_ages
