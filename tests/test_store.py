@@ -39,9 +39,12 @@ def events(prefix: str, n: int, event_type: str = "message.new") -> list[Event]:
     return [make_event({"type": event_type, "n": i}, event_id=f"{prefix}-{i}") for i in range(n)]
 
 
-def write_bundle(redis_client: redis.Redis, keys: Keys, n: int) -> str:
-    """Write one bundle of `n` events; return its dramatiq message id (the settle key)."""
-    BundleWriter(redis_client, keys).write([events("b", n)])
+def write_bundle(
+    redis_client: redis.Redis, keys: Keys, n: int, queued_at_ms: int | None = None
+) -> str:
+    """Write one bundle of `n` events (queued at `queued_at_ms`, default now); return its
+    dramatiq message id (the settle key)."""
+    BundleWriter(redis_client, keys).write([events("b", n)], queued_at_ms=queued_at_ms)
     rid = redis_client.lrange(keys.queue, -1, -1)[0]
     return dramatiq.Message.decode(redis_client.hget(keys.queue_messages, rid)).message_id
 
@@ -339,23 +342,14 @@ def test_oldest_age_is_that_of_the_queue_head(
     assert store.oldest_age_s(now_s=3_000.5) == pytest.approx(1_000.5)
 
 
-def write_bundle_queued_at(
-    redis_client: redis.Redis, keys: Keys, n: int, queued_at_ms: int
-) -> tuple[str, bytes]:
-    """A bundle of `n` events queued at `queued_at_ms`: its message id and its queue entry."""
-    BundleWriter(redis_client, keys).write([events("q", n)], queued_at_ms=queued_at_ms)
-    rid = redis_client.lrange(keys.queue, -1, -1)[0]
-    return dramatiq.Message.decode(redis_client.hget(keys.queue_messages, rid)).message_id, rid
-
-
 def test_oldest_age_counts_a_bundle_a_worker_took_until_it_is_settled(
     store: RelayStore, redis_client: redis.Redis, keys: Keys
 ) -> None:
     """A bundle taken off the queue (held behind an open breaker, retrying, prefetched) still
     waits: the age counts it from when it was queued, with the queue empty, until it is
     settled in full; a partial settle leaves it waiting."""
-    bundle, rid = write_bundle_queued_at(redis_client, keys, 3, 1_000_000)
-    redis_client.lrem(keys.queue, 1, rid)  # a worker took it: dramatiq moves it to an ack set
+    bundle = write_bundle(redis_client, keys, 3, 1_000_000)
+    redis_client.rpop(keys.queue)  # a worker took it: dramatiq moves it to an ack set
     assert store.oldest_age_s(now_s=3_000.5) == pytest.approx(2_000.5)
     store.settle(bundle, 2)
     assert store.oldest_age_s(now_s=3_000.5) == pytest.approx(2_000.5)
@@ -369,8 +363,8 @@ def test_oldest_age_is_the_oldest_of_the_taken_bundles_and_the_queue_head(
 ) -> None:
     """The oldest bundle wins wherever it is: taken by a worker, or at the queue's head
     (written there by a producer of a version that kept no ages)."""
-    _, taken = write_bundle_queued_at(redis_client, keys, 1, 2_000_000)
-    redis_client.lrem(keys.queue, 1, taken)
+    write_bundle(redis_client, keys, 1, 2_000_000)
+    redis_client.rpop(keys.queue)
     put_message(redis_client, keys, "older", 1_000_000)
     assert store.oldest_age_s(now_s=3_000.5) == pytest.approx(2_000.5)
     redis_client.lpop(keys.queue)
@@ -382,8 +376,8 @@ def test_oldest_age_skips_and_removes_ages_of_bundles_no_longer_pending(
 ) -> None:
     """An age left by a bundle settled without it (by a worker of a version that kept no ages)
     is not the oldest: it is removed, and the oldest pending bundle's age is read."""
-    bundle, rid = write_bundle_queued_at(redis_client, keys, 1, 2_000_000)
-    redis_client.lrem(keys.queue, 1, rid)
+    bundle = write_bundle(redis_client, keys, 1, 2_000_000)
+    redis_client.rpop(keys.queue)
     redis_client.zadd(keys.pending_ages, {"settled-long-ago": 1_000_000})
     assert store.oldest_age_s(now_s=3_000.5) == pytest.approx(1_000.5)
     assert redis_client.zrange(keys.pending_ages, 0, -1) == [bundle.encode()]
@@ -395,7 +389,7 @@ def test_oldest_age_is_read_when_redis_is_at_its_maxmemory(keys: Keys) -> None:
     server = start_server({"maxmemory-policy": "noeviction"})
     client = redis.Redis.from_url(server.connection_url)
     try:
-        bundle, _ = write_bundle_queued_at(client, keys, 2, 2_000_000)
+        bundle = write_bundle(client, keys, 2, 2_000_000)
         client.zadd(keys.pending_ages, {"settled-long-ago": 1_000_000})
         client.config_set("maxmemory", "1")
         with pytest.raises(QueueUnavailable, match="OutOfMemoryError"):
