@@ -1,5 +1,8 @@
 """Running the ingest: uvicorn with uvloop and httptools, one process, graceful on SIGTERM.
 
+The protocol is uvicorn's httptools one with each answer sent in one write
+(relay.ingest.protocol).
+
 On SIGTERM or SIGINT uvicorn stops accepting connections, lets in-flight requests finish (their
 events stored and answered), closes idle keep-alive connections, then the app's lifespan writes
 whatever is still pending; `serve` then returns, so the process exits 0.
@@ -19,6 +22,7 @@ import uvicorn
 from relay import logs
 from relay.errors import ConfigError
 from relay.ingest.app import create_app
+from relay.ingest.protocol import OneWriteHttpToolsProtocol
 from relay.ingest.service import DEFAULT_TUNING, Tuning
 from relay.settings import Settings
 
@@ -55,7 +59,7 @@ def serve(
         host=host,
         port=port,
         loop="uvloop",
-        http="httptools",
+        http=OneWriteHttpToolsProtocol,  # httptools, each answer in one write
         ws="none",
         lifespan="on",
         log_config=None,
