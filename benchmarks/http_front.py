@@ -2,11 +2,13 @@
 
 The fronts: `naive-front` (benchmarks.naive_http: Starlette, the HMAC, `json.loads`,
 `actor.send()` per event) and `ingest` (`python -m relay.ingest`), each against a fresh durable
-Valkey, warmed up with WARMUP_REQUESTS. Each is measured twice:
+Valkey, warmed up with WARMUP_REQUESTS. Each is measured in two ways:
 
 - **Flood**: CONNECTIONS keep-alive connections sending one signed ~1.4 KB event per POST as
   fast as the front answers, for `seconds`: requests/s, the front's CPU µs per request, its
-  peak RSS. The load comes from wrk (Debian's package) when it is installed, with
+  peak RSS. Each front is flooded twice, in the order naive, ingest, ingest, naive
+  (FLOOD_ORDER), and its figures are the two floods' together. The load comes from wrk
+  (Debian's package) when it is installed, with
   wrk_events.lua; otherwise from benchmarks/http_load.py, which costs the machine more CPU.
   The generator's own CPU per request is reported too: on 2 cores it competes with the front.
 - **Paced**: benchmarks/http_load.py at half the flood's rate (request k due at k/R, latency
@@ -62,6 +64,10 @@ WRK_SCRIPT = Path(__file__).resolve().parent / "wrk_events.lua"
 TOPIC_ARN = "arn:aws:sns:us-east-1:123456789012:bench-events"
 """The ingest needs no SNS; the naive front's environment names one it never calls."""
 FRONTS = ("naive-front", "ingest")
+FLOOD_ORDER = ("naive-front", "ingest", "ingest", "naive-front")
+"""Each front is flooded twice, in this order (ABBA). The VM's speed drifts by 10 to 15 % over
+minutes; with one flood each, the ratio took whatever drift lay between them, and with two
+floods each placed symmetrically a steady drift cancels out of it."""
 _DURATION_UNITS_S = {"us": 1e-6, "ms": 1e-3, "s": 1.0, "m": 60.0}
 
 
@@ -73,10 +79,20 @@ def run(events_file: Path, workdir: Path, seconds: float, paced_s: float) -> lis
     """Measure every front; a front that fails gets an `error` entry instead of figures."""
     signed = workdir / "signed-events.txt"
     write_signed(events_file, signed, SIGNED_BODIES)
+    floods: dict[str, list[dict[str, Any]]] = {name: [] for name in FRONTS}
+    errors: dict[str, str] = {}
+    for name in FLOOD_ORDER:
+        if name not in errors:
+            try:
+                floods[name].append(flood(name, events_file, signed, workdir, seconds))
+            except (BenchError, RuntimeError, OSError) as exc:
+                errors[name] = str(exc)
     results = []
     for name in FRONTS:
         try:
-            results.append(measure_front(name, events_file, signed, workdir, seconds, paced_s))
+            if name in errors:
+                raise BenchError(errors[name])
+            results.append(summarize(name, floods[name], events_file, workdir, paced_s))
         except (BenchError, RuntimeError, OSError) as exc:
             results.append({"front": name, "error": str(exc)})
     by_name = {result["front"]: result for result in results}
@@ -98,35 +114,43 @@ def write_signed(events_file: Path, out: Path, count: int) -> None:
             sink.write(signature + b" " + body + b"\n")
 
 
-def measure_front(
-    name: str, events_file: Path, signed: Path, workdir: Path, seconds: float, paced_s: float
+def flood(
+    name: str, events_file: Path, signed: Path, workdir: Path, seconds: float
 ) -> dict[str, Any]:
+    """One flood of `name` on a fresh front and Valkey: its counts, times and CPU seconds."""
     with serving(name, events_file, workdir, "flood") as (port, front, valkey):
         front_cpu, valkey_cpu = cpu_s(front.pid), cpu_s(valkey.pid)
-        flood = wrk_flood(port, signed, seconds) if wrk_available() else None
-        if flood is None:
+        result = wrk_flood(port, signed, seconds) if wrk_available() else None
+        if result is None:
             count = int(seconds * FALLBACK_REQUESTS_PER_S)
             report = paced_load(port, events_file, workdir, f"{name}-flood", count, None)
             _check_statuses(name, report)
-            elapsed = report["last_send"] - report["first_send"]
-            flood = {
+            result = {
                 "generator": "benchmarks/http_load.py",
                 "requests": count,
                 "ok": count,
-                "elapsed_s": elapsed,
+                "elapsed_s": report["last_send"] - report["first_send"],
                 "p50_ms": report["http_p50_s"] * 1e3,
                 "p99_ms": report["http_p99_s"] * 1e3,
                 "generator_cpu_s": report["cpu_s"],
             }
-        front_cpu = cpu_s(front.pid) - front_cpu
-        valkey_cpu = cpu_s(valkey.pid) - valkey_cpu
-        peak_rss_mb = peak_rss_bytes(front.pid) / 2**20
-        requests = flood["requests"]
-        rate = requests / flood["elapsed_s"]
+        result["front_cpu_s"] = cpu_s(front.pid) - front_cpu
+        result["valkey_cpu_s"] = cpu_s(valkey.pid) - valkey_cpu
+        result["peak_rss_mb"] = peak_rss_bytes(front.pid) / 2**20
         stored = _stored(name, valkey.url)
-        if name == "ingest" and stored < flood["ok"] + WARMUP_REQUESTS:
-            raise BenchError(f"{name}: {flood['ok']} answered 2xx but only {stored} stored")
-    # The paced phase gets a fresh front and Valkey, as if workers had kept up: the flood left
+        if name == "ingest" and stored < result["ok"] + WARMUP_REQUESTS:
+            raise BenchError(f"{name}: {result['ok']} answered 2xx but only {stored} stored")
+        result["stored_events"] = stored
+    return result
+
+
+def summarize(
+    name: str, floods: list[dict[str, Any]], events_file: Path, workdir: Path, paced_s: float
+) -> dict[str, Any]:
+    """The front's floods taken together, and its paced phase at half their rate."""
+    requests = sum(result["requests"] for result in floods)
+    rate = requests / sum(result["elapsed_s"] for result in floods)
+    # The paced phase gets a fresh front and Valkey, as if workers had kept up: a flood leaves
     # its whole backlog (no workers here) and an AOF of 100-170 MB, and Valkey's forks to
     # rewrite it, 8-10 ms each at that size, stalled answers in the paced phase that a drained
     # queue never sees.
@@ -139,32 +163,41 @@ def measure_front(
     return {
         "front": name,
         "connections": CONNECTIONS,
-        "generator": flood["generator"],
+        "generator": floods[0]["generator"],
+        "flood_rates_rps": [round(r["requests"] / r["elapsed_s"], 1) for r in floods],
         "requests": requests,
-        "elapsed_s": round(flood["elapsed_s"], 2),
+        "elapsed_s": round(sum(result["elapsed_s"] for result in floods), 2),
         "rate_rps": round(rate, 1),
-        "flood_p50_ms": round(flood["p50_ms"], 2),
-        "flood_p99_ms": round(flood["p99_ms"], 2),
-        "cpu_us_per_request": round(front_cpu / requests * 1e6, 1),
-        "valkey_cpu_us_per_request": round(valkey_cpu / requests * 1e6, 1),
-        "generator_cpu_us_per_request": round(flood["generator_cpu_s"] / requests * 1e6, 1),
-        "peak_rss_mb": round(peak_rss_mb, 1),
-        "stored_events": stored,
+        # The slowest flood's percentiles: a mean of percentiles would be no percentile at all.
+        "flood_p50_ms": round(max(result["p50_ms"] for result in floods), 2),
+        "flood_p99_ms": round(max(result["p99_ms"] for result in floods), 2),
+        "cpu_us_per_request": _per_request_us(floods, "front_cpu_s", requests),
+        "valkey_cpu_us_per_request": _per_request_us(floods, "valkey_cpu_s", requests),
+        "generator_cpu_us_per_request": _per_request_us(floods, "generator_cpu_s", requests),
+        "peak_rss_mb": round(max(result["peak_rss_mb"] for result in floods), 1),
+        "stored_events": sum(result["stored_events"] for result in floods),
         "paced_rps": round(rate * PACED_FRACTION, 1),
         "paced_p50_ms": round(paced["http_p50_s"] * 1e3, 2),
         "paced_p99_ms": round(paced["http_p99_s"] * 1e3, 2),
     }
 
 
+def _per_request_us(floods: list[dict[str, Any]], key: str, requests: int) -> float:
+    return round(float(sum(result[key] for result in floods)) / requests * 1e6, 1)
+
+
 @contextmanager
 def serving(
-    name: str, events_file: Path, workdir: Path, phase: str
+    name: str, events_file: Path, workdir: Path, phase: str, checkout: Path | None = None
 ) -> Iterator[tuple[int, subprocess.Popen[bytes], Valkey]]:
-    """The front on a free port against a fresh durable Valkey, warmed up; both stopped after."""
+    """The front on a free port against a fresh durable Valkey, warmed up; both stopped after.
+
+    `checkout`: a source tree whose `relay` the front imports instead of this one's.
+    """
     valkey_dir = workdir / f"valkey-{name}-{phase}"
     valkey = Valkey.start(valkey_dir)
     port = free_port()
-    front = start_front(name, port, valkey.url, workdir, f"front-{name}-{phase}.log")
+    front = start_front(name, port, valkey.url, workdir, f"front-{name}-{phase}.log", checkout)
     try:
         wait_listening(port, front)
         warm = paced_load(
@@ -179,17 +212,23 @@ def serving(
 
 
 def start_front(
-    name: str, port: int, redis_url: str, workdir: Path, log_name: str
+    name: str,
+    port: int,
+    redis_url: str,
+    workdir: Path,
+    log_name: str,
+    checkout: Path | None = None,
 ) -> subprocess.Popen[bytes]:
+    env = {"PYTHONPATH": str(checkout)} if checkout is not None else {}
     if name == "ingest":
-        env = {
+        env |= {
             "RELAY_REDIS_URL": redis_url,
             "RELAY_NAMESPACE": NAMESPACE,
             "RELAY_WEBHOOK_SECRET": WEBHOOK_SECRET,
         }
         argv = ["-m", "relay.ingest", "--port", str(port), "--log-level", "warning"]
     else:
-        env = {
+        env |= {
             "BENCH_REDIS_URL": redis_url,
             "BENCH_TOPIC_ARN": TOPIC_ARN,
             "BENCH_SNS_URL": "http://127.0.0.1:9",  # never called: no workers run here
@@ -277,7 +316,7 @@ def print_report(results: list[dict[str, Any]], console: Console) -> None:
     )
     for column in (
         "front",
-        "requests/s",
+        "requests/s (each flood)",
         "CPU µs/req: front (Valkey, generator)",
         "flood p50 / p99 ms",
         "paced p50 / p99 ms @ req/s",
@@ -292,7 +331,9 @@ def print_report(results: list[dict[str, Any]], console: Console) -> None:
         vs = result.get("vs_naive")
         grid.add_row(
             result["front"],
-            f"{result['rate_rps']:,.0f}",
+            f"{result['rate_rps']:,.0f} ("
+            + ", ".join(f"{rate:,.0f}" for rate in result["flood_rates_rps"])
+            + ")",
             f"{result['cpu_us_per_request']:,.0f} ({result['valkey_cpu_us_per_request']:,.0f}, "
             f"{result['generator_cpu_us_per_request']:,.0f})",
             f"{result['flood_p50_ms']:.1f} / {result['flood_p99_ms']:.1f}",
@@ -302,7 +343,7 @@ def print_report(results: list[dict[str, Any]], console: Console) -> None:
             f"{vs['rate']:.2f}, {vs['cpu_per_request']:.2f}" if vs else "-",
         )
     console.print(grid)
-    generators = {result.get("generator") for result in results} - {None}
+    generators = {str(result["generator"]) for result in results if result.get("generator")}
     console.print(
         f"Load: {', '.join(sorted(generators))} (flood); benchmarks/http_load.py at half the "
         "flood rate (paced). No workers run: this is the front's own work, each event durable "

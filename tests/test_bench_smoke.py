@@ -50,4 +50,7 @@ def test_quick_benchmark_prints_the_table_and_writes_json(tmp_path: Path) -> Non
     for front in fronts.values():
         assert front["rate_rps"] > 0, front
         assert front["stored_events"] >= front["requests"], front
+        # each front flooded twice (naive, ingest, ingest, naive), its rate taken over both
+        assert len(front["flood_rates_rps"]) == 2, front
+        assert min(front["flood_rates_rps"]) <= front["rate_rps"] <= max(front["flood_rates_rps"])
     assert fronts["ingest"]["vs_naive"]["rate"] > 0
