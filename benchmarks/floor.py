@@ -117,8 +117,9 @@ def consume(redis_url: str, sns_url: str, topic_arn: str) -> None:
     client = redis.Redis.from_url(redis_url)
     connection = Connection(sns_url)
     while True:
+        items: list[bytes]
         if connection.in_flight:  # don't block with a request unanswered
-            items = client.lpop(QUEUE_KEY, POP_MAX_ITEMS)
+            items = client.lpop(QUEUE_KEY, POP_MAX_ITEMS)  # type: ignore[assignment]
             if not items:
                 connection.finish()
                 continue
@@ -128,7 +129,7 @@ def consume(redis_url: str, sns_url: str, topic_arn: str) -> None:
             )
             if not popped:
                 continue
-            items = popped[1]
+            items = popped[1]  # type: ignore[assignment]
         for start in range(0, len(items), BATCH_ENTRIES):
             connection.send(encode_batch(topic_arn, items[start : start + BATCH_ENTRIES]))
 

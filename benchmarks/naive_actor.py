@@ -13,7 +13,7 @@ from typing import Any
 import dramatiq
 from dramatiq.brokers.redis import RedisBroker
 
-broker = RedisBroker(url=os.environ["BENCH_REDIS_URL"])
+broker = RedisBroker(url=os.environ["BENCH_REDIS_URL"])  # type: ignore[no-untyped-call]
 dramatiq.set_broker(broker)
 TOPIC_ARN = os.environ.get("BENCH_TOPIC_ARN", "")
 _client: Any = None

@@ -8,6 +8,7 @@ runs in its own process, so the CPU measured here is the client's alone.
 from __future__ import annotations
 
 import argparse
+import functools
 import multiprocessing
 import socket
 import statistics
@@ -209,7 +210,7 @@ def measure_encoders(
             for ours, theirs in zip(bodies, reference, strict=True)
         )
         cpu, _ = cpu_us_per_call(
-            lambda b, encode=encode: encode(topic_arn, b), batches, rounds, time.process_time
+            functools.partial(encode, topic_arn), batches, rounds, time.process_time
         )
         encoded[name] = (cpu, same_params, bodies == reference)
     return encoded

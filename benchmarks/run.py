@@ -29,8 +29,8 @@ from benchmarks.workload import write_events
 from relay.settings import DEFAULT_WORKER_IDLE_POLL_MS
 
 DEFAULT_JSON = Path(__file__).resolve().parent / "results" / "latest.json"
-FULL = {"events": 40_000, "naive_events": 3_000, "paced_s": 6.0, "front_s": 10.0}
-QUICK = {"events": 2_000, "naive_events": 200, "paced_s": 1.0, "front_s": 1.0}
+FULL: dict[str, float] = {"events": 40_000, "naive_events": 3_000, "paced_s": 6.0, "front_s": 10.0}
+QUICK: dict[str, float] = {"events": 2_000, "naive_events": 200, "paced_s": 1.0, "front_s": 1.0}
 HTTP_PATHS = {"naive-http", "relay-http"}
 """Selected together, they also get the fronts-alone comparison (http_front.py)."""
 SEED = 7
@@ -88,7 +88,7 @@ def run_paths(args: argparse.Namespace, workdir: Path, console: Console) -> dict
     if unknown:
         raise SystemExit(f"unknown path {', '.join(unknown)}; known: {', '.join(SCENARIOS)}")
     events_file = workdir / "events.jsonl"
-    stream = write_events(events_file, max(sizes["events"], sizes["naive_events"]), SEED)
+    stream = write_events(events_file, int(max(sizes["events"], sizes["naive_events"])), SEED)
     console.print(
         f"{stream['count']:,} Stream-shaped events, median {stream['median_bytes']:,.0f} bytes; "
         f"paths: {', '.join(names)}",
@@ -100,7 +100,7 @@ def run_paths(args: argparse.Namespace, workdir: Path, console: Console) -> dict
     try:
         for name in names:
             scenario = SCENARIOS[name]
-            count = sizes["naive_events"] if scenario.naive_sized else sizes["events"]
+            count = int(sizes["naive_events"] if scenario.naive_sized else sizes["events"])
             results.append(
                 run_one(
                     scenario,
