@@ -305,6 +305,30 @@ def test_a_write_replayed_after_its_answer_was_lost_is_applied_once(
     client.close()
 
 
+@pytest.mark.parametrize(
+    ("present", "answer"),
+    [((), []), ((2,), [2]), ((1, 3), [1, 3]), ((2, 3, 4), [2, 3, 4])],
+    ids=["none", "one webhook id", "its own marker and an id", "every id"],
+)
+def test_the_store_script_writes_and_marks_only_when_no_marker_is_found(
+    redis_client: redis.Redis, namespace: str, present: tuple[int, ...], answer: list[int]
+) -> None:
+    """It answers the positions (from 1) of the markers found, and then writes nothing; with
+    none found it runs the writes and sets every marker with its TTL."""
+    markers = [f"{namespace}:marker:{n}" for n in range(1, 5)]
+    for position in present:
+        redis_client.set(markers[position - 1], "1")
+    writes = CommandRecorder(60, 3600).rpush(f"{namespace}:list", "written")
+
+    seen = redis_client.eval(CHECK_AND_WRITE_LUA, len(markers), *markers, *writes.args)
+
+    assert seen == answer
+    assert redis_client.lrange(f"{namespace}:list", 0, -1) == ([] if present else [b"written"])
+    if not present:
+        assert 0 < redis_client.ttl(markers[0]) <= 60
+        assert all(3000 < redis_client.ttl(marker) <= 3600 for marker in markers[1:])
+
+
 def test_a_write_redis_refuses_for_memory_is_queue_unavailable_saying_nothing_was_stored(
     redis_client: redis.Redis, namespace: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
