@@ -20,7 +20,7 @@ from dramatiq.worker import WORKER_TIMEOUT
 from rich.console import Console
 from rich.table import Table
 
-from benchmarks.harness import LocalSns, Valkey, cpu_s, descendants, wait_until
+from benchmarks.harness import BenchError, LocalSns, Valkey, cpu_s, descendants, wait_until
 from benchmarks.measure import stop_fleet
 from benchmarks.scenarios import SCENARIOS, Context, relay_env
 from benchmarks.workload import percentile
@@ -78,7 +78,8 @@ def _measure(workdir: Path, poll_ms: int) -> dict[str, Any]:
         shutil.rmtree(valkey_dir, ignore_errors=True)
     fleet_s = sum(seconds for pid, seconds in spent.items() if pid != valkey.pid)
     pickup_p50_s = percentile(latencies, 0.5)
-    assert pickup_p50_s is not None  # PROBES events were published
+    if pickup_p50_s is None:
+        raise BenchError("no probe event was published")
     return {
         "idle_cpu_ms_per_s": {
             "fleet": round(fleet_s / IDLE_S * 1e3, 2),

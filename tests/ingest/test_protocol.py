@@ -191,7 +191,9 @@ def test_an_app_failing_after_its_head_sends_the_head_then_closes() -> None:
     assert relay.transport.writes[0].startswith(b"HTTP/1.1 200 OK\r\n")
 
 
-@pytest.mark.parametrize("request_head", [b"Connection: close\r\n", b""])
+@pytest.mark.parametrize(
+    "request_head", [b"Connection: close\r\n", b""], ids=["HTTP/1.1 Connection: close", "HTTP/1.0"]
+)
 def test_an_answer_that_ends_the_connection_is_written_before_the_close(
     request_head: bytes,
 ) -> None:
