@@ -20,18 +20,13 @@ import pytest
 import redis
 
 from relay.settings import Settings
+from tests.helpers import free_port
 from tests.ingest.conftest import WEBHOOK_SECRET, make_settings, poll, signed, stored_events
 
 pytestmark = pytest.mark.slow
 
 START_DEADLINE_S = 20.0
 EXIT_DEADLINE_S = 20.0
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 class IngestProcess:

@@ -35,6 +35,7 @@ from moto.sts.exceptions import STSClientError
 from moto.sts.models import STSBackend, sts_backends
 
 from relay.settings import Settings
+from tests.helpers import free_port
 from workers import sns
 from workers.sns import (
     MISSING_FROM_RESPONSE,
@@ -127,14 +128,6 @@ def error_body(code: str, message: str = "canned error") -> str:
         f"<Error><Type>Sender</Type><Code>{code}</Code><Message>{message}</Message></Error>"
         "<RequestId>canned-request</RequestId></ErrorResponse>"
     )
-
-
-def free_port() -> int:
-    """A loopback port that nothing listens on (bound, then released)."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-    return port
 
 
 ENTRIES = [BatchEntry("e-1", '{"type":"message.new"}', {"type": "message.new"})]

@@ -54,7 +54,7 @@ from relay.keys import Keys
 from relay.local_sns import LocalSnsServer
 from relay.settings import Settings
 from relay.store import RelayStore
-from tests.helpers import MotoAws, moto_server
+from tests.helpers import MotoAws, free_port, moto_server
 from tests.workers.test_sns import ERROR_TABLE, error_body
 from workers import sns, sns_lean
 from workers.publisher import Publisher, error_code
@@ -508,12 +508,6 @@ def test_threads_share_a_pool_of_max_pool_connections(
     assert lean.transport.max_idle_connections == 8
     assert 1 <= new_connections.call_count <= 8
     assert len(lean.transport._idle) == new_connections.call_count  # every one kept
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def test_connection_refused_is_transient_after_one_attempt(new_connections: mock.MagicMock) -> None:
