@@ -149,7 +149,8 @@ def summarize(
 ) -> dict[str, Any]:
     """The front's floods taken together, and its paced phase at half their rate."""
     requests = sum(result["requests"] for result in floods)
-    rate = requests / sum(result["elapsed_s"] for result in floods)
+    elapsed_s = sum(result["elapsed_s"] for result in floods)
+    rate = requests / elapsed_s
     # The paced phase gets a fresh front and Valkey, as if workers had kept up: a flood leaves
     # its whole backlog (no workers here) and an AOF of 100-170 MB, and Valkey's forks to
     # rewrite it, 8-10 ms each at that size, stalled answers in the paced phase that a drained
@@ -166,7 +167,7 @@ def summarize(
         "generator": floods[0]["generator"],
         "flood_rates_rps": [round(r["requests"] / r["elapsed_s"], 1) for r in floods],
         "requests": requests,
-        "elapsed_s": round(sum(result["elapsed_s"] for result in floods), 2),
+        "elapsed_s": round(elapsed_s, 2),
         "rate_rps": round(rate, 1),
         # The slowest flood's percentiles: a mean of percentiles would be no percentile at all.
         "flood_p50_ms": round(max(result["p50_ms"] for result in floods), 2),
